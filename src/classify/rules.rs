@@ -1,0 +1,250 @@
+//! Keyword and regex rules, the default classifier: deterministic, explainable, no model files.
+//!
+//! Scoring: each whole-word, case-insensitive occurrence of a category keyword is 1 point; each of
+//! the category's regex patterns that matches is 1 point. The highest score at or above the
+//! category's `min_score` wins; a tie goes to the category listed first in the routing YAML, so the
+//! YAML order is the priority order. All keywords of all categories go into one Aho-Corasick
+//! automaton and all patterns into one `RegexSet`, so the cost is one pass over the text each,
+//! independent of the number of categories.
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex::RegexSet;
+
+use super::{Classification, Classifier};
+
+/// One category as the rules classifier needs it.
+#[derive(Debug, Clone, Default)]
+pub struct RuleCategory {
+    pub name: String,
+    pub keywords: Vec<String>,
+    pub patterns: Vec<String>,
+    pub min_score: u32,
+}
+
+/// A rule set that cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("category `{category}`: invalid regex pattern {pattern:?}: {source}")]
+    Regex {
+        category: String,
+        pattern: String,
+        #[source]
+        source: Box<regex::Error>,
+    },
+    #[error("keyword automaton: {0}")]
+    Keywords(#[from] aho_corasick::BuildError),
+    #[error("regex set: {0}")]
+    RegexSet(#[from] Box<regex::Error>),
+}
+
+/// The compiled keyword/regex classifier.
+#[derive(Debug)]
+pub struct RulesClassifier {
+    categories: Vec<RuleCategory>,
+    keywords: Option<AhoCorasick>,
+    /// Category index of each keyword pattern id.
+    keyword_owner: Vec<usize>,
+    /// Keywords with non-ASCII letters need Unicode case folding of the text (slower path).
+    fold_unicode: bool,
+    patterns: Option<RegexSet>,
+    /// Category index of each regex pattern id.
+    pattern_owner: Vec<usize>,
+}
+
+impl RulesClassifier {
+    /// Compiles the rules; fails on an invalid regex, naming category and pattern.
+    pub fn new(categories: Vec<RuleCategory>) -> Result<Self, RulesError> {
+        let fold_unicode = categories
+            .iter()
+            .flat_map(|c| &c.keywords)
+            .any(|k| !k.is_ascii());
+        let mut words = Vec::new();
+        let mut keyword_owner = Vec::new();
+        let mut regexes = Vec::new();
+        let mut pattern_owner = Vec::new();
+        for (idx, category) in categories.iter().enumerate() {
+            for keyword in category.keywords.iter().filter(|k| !k.trim().is_empty()) {
+                words.push(if fold_unicode {
+                    keyword.trim().to_lowercase()
+                } else {
+                    keyword.trim().to_owned()
+                });
+                keyword_owner.push(idx);
+            }
+            for pattern in &category.patterns {
+                // Compile alone first so an error names the category and pattern.
+                regex::Regex::new(pattern).map_err(|source| RulesError::Regex {
+                    category: category.name.clone(),
+                    pattern: pattern.clone(),
+                    source: Box::new(source),
+                })?;
+                regexes.push(pattern.clone());
+                pattern_owner.push(idx);
+            }
+        }
+        let keywords = if words.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasickBuilder::new()
+                    .ascii_case_insensitive(!fold_unicode)
+                    .match_kind(MatchKind::Standard)
+                    .build(&words)?,
+            )
+        };
+        let patterns = if regexes.is_empty() {
+            None
+        } else {
+            Some(RegexSet::new(&regexes).map_err(Box::new)?)
+        };
+        Ok(RulesClassifier {
+            categories,
+            keywords,
+            keyword_owner,
+            fold_unicode,
+            patterns,
+            pattern_owner,
+        })
+    }
+
+    /// The categories, in priority order.
+    pub fn categories(&self) -> &[RuleCategory] {
+        &self.categories
+    }
+}
+
+impl Classifier for RulesClassifier {
+    fn classify(&self, text: &str) -> Classification {
+        let mut scores = vec![0u32; self.categories.len()];
+        if let Some(ac) = &self.keywords {
+            let folded;
+            let haystack = if self.fold_unicode {
+                folded = text.to_lowercase();
+                folded.as_str()
+            } else {
+                text
+            };
+            // Overlapping search so a keyword inside a longer non-word match still counts.
+            for m in ac.find_overlapping_iter(haystack) {
+                if is_whole_word(haystack, m.start(), m.end()) {
+                    let owner = self.keyword_owner[m.pattern().as_usize()];
+                    scores[owner] = scores[owner].saturating_add(1);
+                }
+            }
+        }
+        if let Some(set) = &self.patterns {
+            for id in set.matches(text).iter() {
+                let owner = self.pattern_owner[id];
+                scores[owner] = scores[owner].saturating_add(1);
+            }
+        }
+        let mut winner: Option<usize> = None;
+        for (idx, &score) in scores.iter().enumerate() {
+            let eligible = score > 0 && score >= self.categories[idx].min_score;
+            // Strictly greater: on a tie the earlier (higher-priority) category stays.
+            if eligible && winner.is_none_or(|w| score > scores[w]) {
+                winner = Some(idx);
+            }
+        }
+        Classification { winner, scores }
+    }
+}
+
+/// A match is a whole word when the characters around it are not letters, digits or `_`.
+fn is_whole_word(text: &str, start: usize, end: usize) -> bool {
+    let before = text[..start].chars().next_back();
+    let after = text[end..].chars().next();
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    !word(before) && !word(after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cat(name: &str, keywords: &[&str], patterns: &[&str]) -> RuleCategory {
+        RuleCategory {
+            name: name.into(),
+            keywords: keywords.iter().map(|s| s.to_string()).collect(),
+            patterns: patterns.iter().map(|s| s.to_string()).collect(),
+            min_score: 1,
+        }
+    }
+
+    fn classifier() -> RulesClassifier {
+        RulesClassifier::new(vec![
+            cat(
+                "coding",
+                &["python", "rust", "stack trace"],
+                &["```", r"\bdef\s+\w+\("],
+            ),
+            cat(
+                "math",
+                &["integral", "prove", "theorem"],
+                &[r"\d+\s*[+*/^-]\s*\d+"],
+            ),
+            cat("legal", &["contract", "liability"], &[]),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn keywords_are_case_insensitive_whole_words() {
+        let c = classifier();
+        let r = c.classify("Write PYTHON, then Rust.");
+        assert_eq!((r.winner, r.scores.clone()), (Some(0), vec![2, 0, 0]));
+        // Substrings of other words do not count.
+        let r = c.classify("pythonic trusty rustacean contracts");
+        assert_eq!(r.scores, vec![0, 0, 0]);
+        assert_eq!(r.winner, None);
+        // Multi-word keywords and punctuation boundaries.
+        assert_eq!(c.classify("see the stack trace: (rust)").scores[0], 2);
+        assert_eq!(c.classify("my_python_var").scores[0], 0);
+    }
+
+    #[test]
+    fn patterns_score_once_each() {
+        let c = classifier();
+        let r = c.classify("```\ndef f(x):\n```\n```");
+        assert_eq!(r.scores[0], 2);
+        assert_eq!(c.classify("what is 2 + 2 and 3*4").scores[1], 1);
+    }
+
+    #[test]
+    fn highest_score_wins_and_ties_go_to_the_first_category() {
+        let c = classifier();
+        assert_eq!(c.classify("prove the theorem about python").winner, Some(1));
+        assert_eq!(c.classify("python contract").winner, Some(0));
+        assert_eq!(c.classify("contract python").winner, Some(0));
+        assert_eq!(c.classify("contract liability python").winner, Some(2));
+    }
+
+    #[test]
+    fn min_score_gates_a_category() {
+        let mut cats = vec![cat("strict", &["alpha"], &[])];
+        cats[0].min_score = 2;
+        let c = RulesClassifier::new(cats).unwrap();
+        assert_eq!(c.classify("alpha").winner, None);
+        assert_eq!(c.classify("alpha alpha").winner, Some(0));
+    }
+
+    #[test]
+    fn unicode_keywords_fold_case() {
+        let c = RulesClassifier::new(vec![cat("de", &["Übersetzung"], &[])]).unwrap();
+        assert_eq!(c.classify("eine ÜBERSETZUNG bitte").winner, Some(0));
+        assert_eq!(c.classify("übersetzungen").winner, None);
+    }
+
+    #[test]
+    fn invalid_regex_names_category_and_pattern() {
+        let err = RulesClassifier::new(vec![cat("bad", &[], &["(unclosed"])]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("`bad`") && msg.contains("(unclosed"), "{msg}");
+    }
+
+    #[test]
+    fn empty_rules_never_win() {
+        let c = RulesClassifier::new(vec![]).unwrap();
+        assert_eq!(c.classify("anything").winner, None);
+    }
+}

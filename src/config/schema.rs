@@ -1,0 +1,117 @@
+//! The routing YAML as written by users. Keys are snake_case (environment overrides are
+//! lower-cased by the `config` crate, so mixed case would not override cleanly), lists rather than
+//! maps keep the user's order, and unknown keys are errors so a typo never silently does nothing.
+
+use serde::Deserialize;
+
+/// The whole routing YAML.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Largest request body the router buffers; above it the client gets 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Model names that ask the router to choose (`"auto"`).
+    #[serde(default = "default_auto_models")]
+    pub auto_models: Vec<String>,
+    /// The model for automatic requests that match no category, and whose clusters take
+    /// pass-through traffic (`GET /v1/models`, unknown paths).
+    pub default_model: String,
+    /// What an explicit model that no cluster serves gets.
+    #[serde(default)]
+    pub unknown_model: UnknownModelPolicy,
+    /// Which text is classified.
+    #[serde(default)]
+    pub classification: ClassificationConfig,
+    /// Models and the Envoy clusters that serve them.
+    pub models: Vec<ModelConfig>,
+    /// Optional per-cluster settings; a cluster listed here must serve some model.
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+    /// Categories, in priority order (the first wins a tie).
+    #[serde(default)]
+    pub categories: Vec<CategoryConfig>,
+}
+
+/// Policy for an explicit model no cluster serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownModelPolicy {
+    /// Answer 404 `model_not_found`, as OpenAI does.
+    #[default]
+    Reject,
+    /// Rewrite to `default_model` and route there.
+    Default,
+}
+
+/// Classification settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassificationConfig {
+    /// Also classify `instructions` and system/developer messages (off: only the user's turn).
+    #[serde(default)]
+    pub include_instructions: bool,
+}
+
+/// A model and where it is served.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The name clients send and backends expect.
+    pub name: String,
+    /// Envoy clusters serving this model, with weights for spreading new conversations.
+    pub clusters: Vec<ClusterRef>,
+}
+
+/// One cluster serving a model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterRef {
+    /// The Envoy cluster name (what `cluster_header` selects).
+    pub name: String,
+    /// Relative share of new conversations for this model.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// Settings of one Envoy cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The Envoy cluster name.
+    pub name: String,
+}
+
+/// A category of requests and the model that serves it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryConfig {
+    pub name: String,
+    /// The model requests of this category go to.
+    pub model: String,
+    /// Whole-word, case-insensitive keywords; each occurrence scores 1.
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    /// Regular expressions (Rust `regex` syntax); each that matches scores 1.
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    /// The score a text needs before this category can win.
+    #[serde(default = "default_min_score")]
+    pub min_score: u32,
+}
+
+fn default_max_body_bytes() -> usize {
+    10 * 1024 * 1024
+}
+
+fn default_auto_models() -> Vec<String> {
+    vec!["auto".to_owned()]
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+fn default_min_score() -> u32 {
+    1
+}

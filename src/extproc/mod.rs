@@ -1,0 +1,36 @@
+//! The Envoy side: a tonic `ExternalProcessor` that turns Envoy's per-request message stream into
+//! calls to [`crate::routing::route`] and the decision back into header/body mutations.
+//!
+//! - [`envoy`]: reading Envoy headers and building `ProcessingResponse`s (mutations, errors, modes).
+//! - [`stream`]: the per-stream state machine (one reply per message, in order).
+//! - [`service`]: the gRPC service and the TCP / Unix-socket servers.
+
+pub mod envoy;
+pub mod service;
+pub mod stream;
+
+pub use service::{RouterService, SharedTable, serve};
+
+/// Header that the shipped Envoy route reads with `cluster_header`.
+pub const CLUSTER_HEADER: &str = "x-router-cluster";
+/// The model the upstream will see.
+pub const MODEL_HEADER: &str = "x-selected-model";
+/// Why the route was chosen (`category`, `default`, `explicit`, `affinity`, `hash`, `passthrough`).
+pub const REASON_HEADER: &str = "x-router-reason";
+/// The winning category, when classification chose the model.
+pub const CATEGORY_HEADER: &str = "x-router-category";
+/// When affinity overrode the classifier: the model the classifier had picked.
+pub const CLASSIFIED_MODEL_HEADER: &str = "x-router-classified-model";
+/// Host override for `ORIGINAL_DST` clusters (Gateway API Inference Extension protocol).
+pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
+
+/// Every header that can influence routing. A client may send any of them; the router removes
+/// them all on every request it sees before setting its own, so none can choose an upstream.
+pub const ROUTING_HEADERS: [&str; 6] = [
+    CLUSTER_HEADER,
+    MODEL_HEADER,
+    REASON_HEADER,
+    CATEGORY_HEADER,
+    CLASSIFIED_MODEL_HEADER,
+    DESTINATION_HEADER,
+];

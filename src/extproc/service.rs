@@ -1,0 +1,171 @@
+//! The gRPC service Envoy calls, and the servers that expose it on TCP and a Unix socket.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    ProcessingRequest, ProcessingResponse,
+    external_processor_server::{ExternalProcessor, ExternalProcessorServer},
+};
+use futures_util::Stream;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::stream::StreamState;
+use crate::affinity::AffinityStore;
+use crate::config::RoutingTable;
+
+/// The routing table in force, swappable as a whole (hot reload) while streams keep the one they
+/// started with.
+#[derive(Clone)]
+pub struct SharedTable(Arc<RwLock<Arc<RoutingTable>>>);
+
+impl SharedTable {
+    /// Wraps the initial table.
+    pub fn new(table: RoutingTable) -> Self {
+        SharedTable(Arc::new(RwLock::new(Arc::new(table))))
+    }
+
+    /// The table new streams use.
+    pub fn current(&self) -> Arc<RoutingTable> {
+        // A poisoned lock still holds a complete table (writers only swap an Arc).
+        match self.0.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Installs a new table for streams that start from now on.
+    pub fn replace(&self, table: RoutingTable) {
+        let table = Arc::new(table);
+        match self.0.write() {
+            Ok(mut guard) => *guard = table,
+            Err(poisoned) => *poisoned.into_inner() = table,
+        }
+    }
+}
+
+/// The `envoy.service.ext_proc.v3.ExternalProcessor` implementation.
+#[derive(Clone)]
+pub struct RouterService {
+    table: SharedTable,
+    store: Arc<dyn AffinityStore>,
+}
+
+impl RouterService {
+    /// A service routing with `table` and learning affinity into `store`.
+    pub fn new(table: SharedTable, store: Arc<dyn AffinityStore>) -> Self {
+        RouterService { table, store }
+    }
+
+    /// The tonic server wrapper, with message limits that fit the largest body the router takes.
+    pub fn into_server(self) -> ExternalProcessorServer<Self> {
+        // A BUFFERED body arrives as one gRPC message; leave room for headers and framing.
+        let limit = self
+            .table
+            .current()
+            .max_body_bytes()
+            .saturating_add(1 << 20);
+        ExternalProcessorServer::new(self)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
+    }
+}
+
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalProcessor for RouterService {
+    type ProcessStream = ReplyStream;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        let mut inbound = request.into_inner();
+        let mut state = StreamState::new(self.table.current(), Arc::clone(&self.store));
+        // Replies are strictly one per message, so a small channel never holds more than one.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            loop {
+                let message = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(%status, "ext_proc stream ended by Envoy");
+                        break;
+                    }
+                };
+                let reply = state.handle(message).await.map_err(Status::from);
+                let failed = reply.is_err();
+                // A failed send means Envoy went away: nothing is left to answer.
+                if tx.send(reply).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Where the ext_proc server listens; at least one must be set.
+pub struct Listeners {
+    pub tcp: Option<TcpListener>,
+    pub uds: Option<UnixListener>,
+}
+
+impl Listeners {
+    /// Binds a Unix socket, replacing a stale socket file left by an earlier run.
+    pub fn bind_uds(path: &PathBuf) -> std::io::Result<UnixListener> {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_socket()
+        }) {
+            std::fs::remove_file(path)?;
+        }
+        UnixListener::bind(path)
+    }
+}
+
+/// Serves the ext_proc and gRPC health services on every listener until `shutdown` completes;
+/// streams in flight are then allowed to finish.
+pub async fn serve(
+    service: RouterService,
+    listeners: Listeners,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<ExternalProcessorServer<RouterService>>()
+        .await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let router = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(service.into_server());
+    let tcp = listeners.tcp.map(|l| {
+        router
+            .clone()
+            .serve_with_incoming_shutdown(TcpListenerStream::new(l), stopped(stop_rx.clone()))
+    });
+    let uds = listeners.uds.map(|l| {
+        router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stopped(stop_rx.clone()))
+    });
+    match (tcp, uds) {
+        (Some(t), Some(u)) => {
+            let (a, b) = tokio::join!(t, u);
+            a.and(b)
+        }
+        (Some(t), None) => t.await,
+        (None, Some(u)) => u.await,
+        (None, None) => Ok(()),
+    }
+}

@@ -1,0 +1,257 @@
+//! One Envoy ext_proc stream (one HTTP request) as a state machine.
+//!
+//! Envoy sends the request's phases in order and waits for exactly one reply of the matching kind
+//! to each. The machine buffers the body only for kinds whose route depends on it, decides once,
+//! and answers every later message with a plain "continue". A message that breaks the protocol
+//! (body before headers, headers twice, anything after an error reply) ends the stream with a gRPC
+//! error instead of a guess, and Envoy applies its configured failure mode.
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    HeaderMutation, HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
+    processing_request::Request,
+};
+
+use super::envoy::{self as msg, header};
+use super::{
+    CATEGORY_HEADER, CLASSIFIED_MODEL_HEADER, CLUSTER_HEADER, DESTINATION_HEADER, MODEL_HEADER,
+    REASON_HEADER, ROUTING_HEADERS,
+};
+use crate::affinity::AffinityStore;
+use crate::config::RoutingTable;
+use crate::openai::{ApiError, RequestKind};
+use crate::routing::{self, Decision, RequestMeta};
+
+/// Envoy sent something the protocol does not allow at this point.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ext_proc protocol violation: {0}")]
+pub struct ProtocolViolation(pub &'static str);
+
+impl From<ProtocolViolation> for tonic::Status {
+    fn from(v: ProtocolViolation) -> Self {
+        tonic::Status::invalid_argument(v.to_string())
+    }
+}
+
+enum Phase {
+    /// Nothing seen yet.
+    AwaitingHeaders,
+    /// The route depends on the body; chunks accumulate until end of stream.
+    Buffering(Buffered),
+    /// The decision is made (or not needed); later messages are only acknowledged.
+    Forwarded,
+    /// An error reply ended the request; Envoy sends nothing more.
+    Finished,
+}
+
+struct Buffered {
+    kind: RequestKind,
+    request_id: String,
+    body: Vec<u8>,
+    /// Whether the client sent `content-length` (then it must be corrected on a rewrite; with
+    /// chunked transfer encoding there is none to correct).
+    had_content_length: bool,
+    /// Chunks already answered with "drop" (STREAMED mode): the final reply must carry them all.
+    withheld_chunks: usize,
+}
+
+/// The state of one stream. The routing table is the one current when the stream started, so a
+/// config reload never changes a request halfway.
+pub struct StreamState {
+    table: Arc<RoutingTable>,
+    store: Arc<dyn AffinityStore>,
+    phase: Phase,
+}
+
+impl StreamState {
+    /// A stream routed with `table`, asking `store` about state ids.
+    pub fn new(table: Arc<RoutingTable>, store: Arc<dyn AffinityStore>) -> Self {
+        StreamState {
+            table,
+            store,
+            phase: Phase::AwaitingHeaders,
+        }
+    }
+
+    /// Handles one message from Envoy and returns the one reply it needs.
+    pub async fn handle(
+        &mut self,
+        request: ProcessingRequest,
+    ) -> Result<ProcessingResponse, ProtocolViolation> {
+        if matches!(self.phase, Phase::Finished) {
+            return Err(ProtocolViolation(
+                "message after the request was answered with an error",
+            ));
+        }
+        match request.request {
+            Some(Request::RequestHeaders(headers)) => self.on_request_headers(headers).await,
+            Some(Request::RequestBody(body)) => self.on_request_body(body).await,
+            Some(Request::RequestTrailers(_)) => {
+                match std::mem::replace(&mut self.phase, Phase::Forwarded) {
+                    Phase::Buffering(_) => {
+                        self.phase = Phase::Finished;
+                        Ok(msg::error_reply(&ApiError::unsupported(
+                            "trailers_not_supported",
+                            "request trailers are not supported on this endpoint",
+                        )))
+                    }
+                    Phase::AwaitingHeaders => {
+                        Err(ProtocolViolation("request trailers before headers"))
+                    }
+                    _ => Ok(msg::request_trailers_reply()),
+                }
+            }
+            Some(Request::ResponseHeaders(_)) => Ok(msg::response_headers_reply()),
+            Some(Request::ResponseBody(_)) => Ok(msg::response_body_reply()),
+            Some(Request::ResponseTrailers(_)) => Ok(msg::response_trailers_reply()),
+            None => Err(ProtocolViolation("message without a request")),
+        }
+    }
+
+    async fn on_request_headers(
+        &mut self,
+        headers: HttpHeaders,
+    ) -> Result<ProcessingResponse, ProtocolViolation> {
+        if !matches!(self.phase, Phase::AwaitingHeaders) {
+            return Err(ProtocolViolation("request headers twice"));
+        }
+        let map = headers.headers.as_ref();
+        let method = header(map, ":method").unwrap_or_default();
+        let path = header(map, ":path").unwrap_or_default();
+        let upgrade = header(map, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        let request_id = header(map, "x-request-id").unwrap_or_default().to_owned();
+        let kind = RequestKind::classify(method, path, upgrade);
+
+        if kind.needs_body() && !headers.end_of_stream {
+            self.phase = Phase::Buffering(Buffered {
+                kind,
+                had_content_length: header(map, "content-length").is_some(),
+                request_id,
+                body: Vec::new(),
+                withheld_chunks: 0,
+            });
+            let strip = HeaderMutation {
+                remove_headers: ROUTING_HEADERS.iter().map(|h| (*h).to_owned()).collect(),
+                ..Default::default()
+            };
+            return Ok(msg::request_headers_reply(
+                msg::common(strip, None, false),
+                Some(msg::buffered_request_mode()),
+            ));
+        }
+        // No body to wait for: decide now (a body-bearing kind with no body is a 400).
+        let body = kind.needs_body().then_some(&[][..]);
+        let meta = RequestMeta {
+            kind: &kind,
+            request_id: &request_id,
+        };
+        match routing::route(&self.table, meta, body, self.store.as_ref()).await {
+            Ok(decision) => {
+                self.phase = Phase::Forwarded;
+                Ok(msg::request_headers_reply(
+                    msg::common(routing_mutation(&decision, None), None, true),
+                    None,
+                ))
+            }
+            Err(error) => Ok(self.fail(&error)),
+        }
+    }
+
+    async fn on_request_body(
+        &mut self,
+        chunk: HttpBody,
+    ) -> Result<ProcessingResponse, ProtocolViolation> {
+        let buffered = match &mut self.phase {
+            Phase::Buffering(b) => b,
+            Phase::Forwarded => return Ok(msg::request_body_reply(Default::default())),
+            Phase::AwaitingHeaders => return Err(ProtocolViolation("request body before headers")),
+            Phase::Finished => return Err(ProtocolViolation("request body after an error reply")),
+        };
+        let limit = self.table.max_body_bytes();
+        if buffered.body.len().saturating_add(chunk.body.len()) > limit {
+            return Ok(self.fail(&ApiError::body_too_large(limit)));
+        }
+        buffered.body.extend_from_slice(&chunk.body);
+        if !chunk.end_of_stream {
+            // Only STREAMED-mode Envoy sends partial chunks: hold each back so the upstream
+            // receives the (possibly rewritten) body once, whole, with the final reply.
+            buffered.withheld_chunks += 1;
+            return Ok(msg::request_body_reply(msg::common(
+                HeaderMutation::default(),
+                Some(msg::clear_body()),
+                false,
+            )));
+        }
+        let Phase::Buffering(buffered) = std::mem::replace(&mut self.phase, Phase::Forwarded)
+        else {
+            return Err(ProtocolViolation("request body after the decision"));
+        };
+        let meta = RequestMeta {
+            kind: &buffered.kind,
+            request_id: &buffered.request_id,
+        };
+        match routing::route(&self.table, meta, Some(&buffered.body), self.store.as_ref()).await {
+            Ok(mut decision) => {
+                let new_body = match decision.new_body.take() {
+                    Some(body) => Some(body),
+                    None if buffered.withheld_chunks > 0 => Some(buffered.body),
+                    None => None,
+                };
+                let length = new_body
+                    .as_ref()
+                    .filter(|_| buffered.had_content_length)
+                    .map(Vec::len);
+                Ok(msg::request_body_reply(msg::common(
+                    routing_mutation(&decision, length),
+                    new_body.map(msg::replace_body),
+                    true,
+                )))
+            }
+            Err(error) => Ok(self.fail(&error)),
+        }
+    }
+
+    fn fail(&mut self, error: &ApiError) -> ProcessingResponse {
+        tracing::debug!(
+            status = error.status,
+            code = error.code,
+            "request refused: {}",
+            error.message
+        );
+        self.phase = Phase::Finished;
+        msg::error_reply(error)
+    }
+}
+
+/// Header changes that carry a decision to Envoy: the routing headers the router sets, removal of
+/// every other routing header (so no client-sent value survives), and a corrected content-length.
+fn routing_mutation(decision: &Decision, content_length: Option<usize>) -> HeaderMutation {
+    let mut set = vec![
+        msg::set_header(CLUSTER_HEADER, &decision.cluster),
+        msg::set_header(REASON_HEADER, decision.reason.as_str()),
+    ];
+    let optional = [
+        (MODEL_HEADER, decision.model.as_deref()),
+        (CATEGORY_HEADER, decision.category.as_deref()),
+        (
+            CLASSIFIED_MODEL_HEADER,
+            decision.classified_model.as_deref(),
+        ),
+        (DESTINATION_HEADER, decision.host.as_deref()),
+    ];
+    let mut remove = Vec::new();
+    for (name, value) in optional {
+        match value {
+            Some(v) => set.push(msg::set_header(name, v)),
+            None => remove.push(name.to_owned()),
+        }
+    }
+    if let Some(len) = content_length {
+        set.push(msg::set_header("content-length", &len.to_string()));
+    }
+    HeaderMutation {
+        set_headers: set,
+        remove_headers: remove,
+    }
+}

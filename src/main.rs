@@ -1,0 +1,272 @@
+//! The `responses-router` command: serve ext_proc, validate a routing YAML, explain a decision, or
+//! run the bundled model-server simulator.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use responses_router::affinity::NoStore;
+use responses_router::config::{self, RoutingTable};
+use responses_router::extproc::{self, RouterService, SharedTable, service::Listeners};
+use responses_router::openai::RequestKind;
+use responses_router::routing::{self, RequestMeta};
+
+#[derive(Parser)]
+#[command(
+    name = "responses-router",
+    version,
+    about = "Envoy ext_proc router for the OpenAI Responses API"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "RESPONSES_ROUTER_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve Envoy's ExternalProcessor (and gRPC health) on TCP and/or a Unix socket.
+    Serve {
+        /// The routing YAML.
+        #[arg(long, env = "RESPONSES_ROUTER_CONFIG")]
+        config: PathBuf,
+        /// TCP address for gRPC (use --listen none to serve only on --uds).
+        #[arg(
+            long,
+            env = "RESPONSES_ROUTER_LISTEN",
+            default_value = "127.0.0.1:50051"
+        )]
+        listen: String,
+        /// Unix socket path for gRPC (a sidecar sharing a volume with Envoy).
+        #[arg(long, env = "RESPONSES_ROUTER_UDS")]
+        uds: Option<PathBuf>,
+    },
+    /// Check a routing YAML; exits non-zero and names every problem.
+    Validate {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the decision for one request, through the same code path the service uses.
+    Explain {
+        #[arg(long)]
+        config: PathBuf,
+        /// Request path, e.g. /v1/responses.
+        #[arg(long)]
+        path: String,
+        #[arg(long, default_value = "POST")]
+        method: String,
+        /// Read the body from this file instead of standard input.
+        #[arg(long)]
+        body_file: Option<PathBuf>,
+        /// Request id (Envoy's x-request-id), which spreads stateless requests over clusters.
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// Run the bundled OpenAI-compatible model-server simulator.
+    Simulate(responses_router::simulator::SimulateArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            uds,
+        } => serve(config, listen, uds).await,
+        Command::Validate { config } => validate(&config),
+        Command::Explain {
+            config,
+            path,
+            method,
+            body_file,
+            request_id,
+        } => explain(&config, &method, &path, body_file, &request_id).await,
+        Command::Simulate(args) => match responses_router::simulator::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("simulate: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RESPONSES_ROUTER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load(path: &PathBuf) -> Result<RoutingTable, ExitCode> {
+    config::load(path).map_err(|e| {
+        eprintln!("{}: {e}", path.display());
+        ExitCode::from(2)
+    })
+}
+
+async fn serve(config: PathBuf, listen: String, uds: Option<PathBuf>) -> ExitCode {
+    let table = match load(&config) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let tcp = if listen == "none" {
+        None
+    } else {
+        let addr: SocketAddr = match listen.parse() {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("--listen {listen}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let uds_listener = match &uds {
+        Some(path) => match Listeners::bind_uds(path) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("cannot listen on {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    if tcp.is_none() && uds_listener.is_none() {
+        eprintln!("nothing to listen on: give --listen ADDR or --uds PATH");
+        return ExitCode::from(2);
+    }
+    tracing::info!(
+        listen = %listen,
+        uds = ?uds,
+        models = table.config().models.len(),
+        categories = table.config().categories.len(),
+        "responses-router serving ext_proc"
+    );
+    let service = RouterService::new(SharedTable::new(table), Arc::new(NoStore));
+    let listeners = Listeners {
+        tcp,
+        uds: uds_listener,
+    };
+    match extproc::serve(service, listeners, shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("server failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+    tracing::info!("shutting down: no new streams, finishing those in flight");
+}
+
+fn validate(path: &PathBuf) -> ExitCode {
+    match load(path) {
+        Ok(t) => {
+            let c = t.config();
+            println!(
+                "{}: ok ({} models, {} clusters, {} categories)",
+                path.display(),
+                c.models.len(),
+                t.all_candidates().len(),
+                c.categories.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+async fn explain(
+    config: &PathBuf,
+    method: &str,
+    path: &str,
+    body_file: Option<PathBuf>,
+    request_id: &str,
+) -> ExitCode {
+    let table = match load(config) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let kind = RequestKind::classify(method, path, false);
+    let body = if kind.needs_body() {
+        let read = match &body_file {
+            Some(file) => std::fs::read(file),
+            None => {
+                let mut buf = Vec::new();
+                std::io::stdin().read_to_end(&mut buf).map(|_| buf)
+            }
+        };
+        match read {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("cannot read the body: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    let meta = RequestMeta {
+        kind: &kind,
+        request_id,
+    };
+    let outcome = routing::route(&table, meta, body.as_deref(), &NoStore).await;
+    // The decision prints in field order; an error prints as the client would receive it.
+    let printed = match &outcome {
+        Ok(decision) => serde_json::to_string_pretty(decision).unwrap_or_default(),
+        Err(e) => format!(
+            "HTTP {}\n{}",
+            e.status,
+            String::from_utf8_lossy(&e.to_json())
+        ),
+    };
+    println!("{printed}");
+    if outcome.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

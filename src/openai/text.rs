@@ -1,0 +1,312 @@
+//! Which text of a request is classified.
+//!
+//! The rule (documented in the README): the **latest user turn** decides the route. For Responses
+//! `input` that is a plain string, or the last `user` message plus every client-authored item after
+//! it (tool outputs such as `function_call_output`); assistant history and binary parts (images,
+//! files, encrypted reasoning) are skipped. If the input has no user message, all non-assistant text
+//! counts. For chat `messages` the same rule applies to the last `user` message and `tool` messages
+//! after it. With `include_instructions`, `instructions` and `system`/`developer` messages are added.
+//! Classifying one turn keeps the cost bounded by what the user just typed, not by history length.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::body::ParsedBody;
+use super::error::ApiError;
+
+/// How much of the request counts as text to classify.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TextPolicy {
+    /// Also classify `instructions` and `system`/`developer` messages.
+    pub include_instructions: bool,
+}
+
+/// One input item or chat message, with only the fields that can carry classifiable text.
+#[derive(Deserialize)]
+struct Item<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    role: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    output: Option<&'a RawValue>,
+}
+
+/// A content part; only text-bearing part types are read.
+#[derive(Deserialize)]
+struct Part<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    User,
+    Assistant,
+    Instruction,
+    /// Items without a role: tool outputs and other client-supplied items.
+    None,
+}
+
+/// Extracts the text to classify from a Responses or chat body. Returns an empty string when the
+/// request carries no classifiable text; the caller decides whether that is an error.
+pub fn extract(body: &ParsedBody<'_>, policy: TextPolicy) -> Result<String, ApiError> {
+    let mut pieces: Vec<Cow<'_, str>> = Vec::new();
+    if policy.include_instructions {
+        if let Some(raw) = body.instructions {
+            if raw.get().starts_with('"') {
+                pieces.push(parse_str(raw, "instructions")?);
+            }
+        }
+    }
+    let (raw, field) = match (body.input, body.messages) {
+        (Some(input), _) => (input, "input"),
+        (None, Some(messages)) => (messages, "messages"),
+        (None, None) => return Ok(join(pieces)),
+    };
+    match raw.get().as_bytes().first() {
+        Some(b'"') => pieces.push(parse_str(raw, field)?),
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(|_| {
+                ApiError::invalid_field(field, format!("`{field}` is not a valid JSON array"))
+            })?;
+            latest_turn(&items, policy, &mut pieces)?;
+        }
+        _ => {
+            return Err(ApiError::invalid_field(
+                field,
+                format!("`{field}` must be a string or an array of items"),
+            ));
+        }
+    }
+    Ok(join(pieces))
+}
+
+fn latest_turn<'a>(
+    items: &[&'a RawValue],
+    policy: TextPolicy,
+    pieces: &mut Vec<Cow<'a, str>>,
+) -> Result<(), ApiError> {
+    // Items that are not objects or carry unknown shapes are skipped: the backend validates the
+    // schema, the router only needs the text it can find.
+    let parsed: Vec<Option<Item<'a>>> = items
+        .iter()
+        .map(|raw| serde_json::from_str::<Item<'a>>(raw.get()).ok())
+        .collect();
+    let role_of = |item: &Item<'_>| match item.role.as_deref() {
+        Some("user") => Role::User,
+        Some("assistant") => Role::Assistant,
+        Some("system") | Some("developer") => Role::Instruction,
+        Some(_) => Role::None,
+        None => Role::None,
+    };
+    let last_user = parsed
+        .iter()
+        .rposition(|i| i.as_ref().is_some_and(|i| role_of(i) == Role::User));
+
+    if policy.include_instructions {
+        for item in parsed.iter().flatten() {
+            if role_of(item) == Role::Instruction {
+                content_text(item.content, pieces)?;
+            }
+        }
+    }
+    let start = last_user.unwrap_or(0);
+    for item in parsed[start..].iter().flatten() {
+        match role_of(item) {
+            Role::User => content_text(item.content, pieces)?,
+            Role::None => item_text(item, pieces)?,
+            Role::Assistant | Role::Instruction => {}
+        }
+    }
+    Ok(())
+}
+
+/// Text of a role-less item: tool outputs (string or part list), or content of a `message`.
+fn item_text<'a>(item: &Item<'a>, pieces: &mut Vec<Cow<'a, str>>) -> Result<(), ApiError> {
+    let is_tool_output = item.kind.as_deref().is_some_and(|k| k.ends_with("_output"));
+    if is_tool_output {
+        content_text(item.output, pieces)?;
+    }
+    // Chat `tool` messages carry their text in `content`.
+    content_text(item.content, pieces)
+}
+
+/// Text of a `content` (or tool `output`) value: a string, or a list of text parts.
+fn content_text<'a>(
+    content: Option<&'a RawValue>,
+    pieces: &mut Vec<Cow<'a, str>>,
+) -> Result<(), ApiError> {
+    let Some(raw) = content else { return Ok(()) };
+    match raw.get().as_bytes().first() {
+        Some(b'"') => pieces.push(parse_str(raw, "input")?),
+        Some(b'[') => {
+            let parts: Vec<&RawValue> = serde_json::from_str(raw.get()).unwrap_or_default();
+            for part in parts {
+                let Ok(part) = serde_json::from_str::<Part<'a>>(part.get()) else {
+                    continue;
+                };
+                let text_part = matches!(
+                    part.kind.as_deref(),
+                    Some("input_text") | Some("output_text") | Some("text") | None
+                );
+                if let (true, Some(text)) = (text_part, part.text) {
+                    if text.get().starts_with('"') {
+                        pieces.push(parse_str(text, "input")?);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn parse_str<'a>(raw: &'a RawValue, field: &str) -> Result<Cow<'a, str>, ApiError> {
+    serde_json::from_str::<Cow<'a, str>>(raw.get())
+        .map_err(|_| ApiError::invalid_field(field, format!("`{field}` holds an invalid string")))
+}
+
+fn join(pieces: Vec<Cow<'_, str>>) -> String {
+    let mut text = String::with_capacity(pieces.iter().map(|p| p.len() + 1).sum());
+    for piece in pieces.iter().filter(|p| !p.trim().is_empty()) {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(piece);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openai::body::parse;
+
+    fn text(body: &str) -> String {
+        extract(&parse(body.as_bytes()).unwrap(), TextPolicy::default()).unwrap()
+    }
+
+    fn text_with_instructions(body: &str) -> String {
+        let policy = TextPolicy {
+            include_instructions: true,
+        };
+        extract(&parse(body.as_bytes()).unwrap(), policy).unwrap()
+    }
+
+    #[test]
+    fn plain_string_input() {
+        assert_eq!(
+            text(r#"{"model":"auto","input":"Fix my \"Rust\" code"}"#),
+            "Fix my \"Rust\" code"
+        );
+    }
+
+    #[test]
+    fn easy_messages_use_the_latest_user_turn() {
+        let body = r#"{"input":[
+            {"role":"developer","content":"Answer in French."},
+            {"role":"user","content":"What is a mutex?"},
+            {"role":"assistant","content":"Un verrou."},
+            {"role":"user","content":"And a semaphore?"}]}"#;
+        assert_eq!(text(body), "And a semaphore?");
+        assert_eq!(
+            text_with_instructions(body),
+            "Answer in French.\nAnd a semaphore?"
+        );
+    }
+
+    #[test]
+    fn typed_message_items_with_part_lists() {
+        let body = r#"{"input":[{"type":"message","role":"user","content":[
+            {"type":"input_text","text":"What is in this image?"},
+            {"type":"input_image","image_url":"data:image/png;base64,iVBOR","detail":"auto"},
+            {"type":"input_file","filename":"a.pdf","file_data":"data:application/pdf;base64,JVB"},
+            {"type":"input_text","text":"Be brief."}]}]}"#;
+        assert_eq!(text(body), "What is in this image?\nBe brief.");
+    }
+
+    #[test]
+    fn tool_outputs_after_the_user_turn_count_assistant_history_does_not() {
+        let body = r#"{"input":[
+            {"role":"user","content":"weather in Oslo?"},
+            {"type":"message","id":"m","status":"completed","role":"assistant",
+             "content":[{"type":"output_text","text":"Calling tool.","annotations":[]}]},
+            {"type":"function_call","call_id":"c","name":"get_weather","arguments":"{}"},
+            {"type":"function_call_output","call_id":"c","output":"{\"temp_c\":3}"},
+            {"type":"reasoning","id":"rs","summary":[],"encrypted_content":"gAAA"},
+            {"type":"item_reference","id":"msg_prev"}]}"#;
+        assert_eq!(text(body), "weather in Oslo?\n{\"temp_c\":3}");
+    }
+
+    #[test]
+    fn role_less_items_only() {
+        let body = r#"{"previous_response_id":"resp_1","input":[
+            {"type":"function_call_output","call_id":"c","output":[{"type":"input_text","text":"42 rows"}]}]}"#;
+        assert_eq!(text(body), "42 rows");
+    }
+
+    #[test]
+    fn output_text_parts_in_user_turn_are_read() {
+        let body =
+            r#"{"input":[{"role":"user","content":[{"type":"output_text","text":"quoted"}]}]}"#;
+        assert_eq!(text(body), "quoted");
+    }
+
+    #[test]
+    fn chat_messages() {
+        let body = r#"{"model":"auto","messages":[
+            {"role":"system","content":"You are terse."},
+            {"role":"user","content":[{"type":"text","text":"explain"},{"type":"image_url","image_url":{"url":"x"}}]},
+            {"role":"assistant","content":null,"tool_calls":[]},
+            {"role":"tool","tool_call_id":"t","content":"result 7"}]}"#;
+        assert_eq!(text(body), "explain\nresult 7");
+        assert_eq!(
+            text_with_instructions(body),
+            "You are terse.\nexplain\nresult 7"
+        );
+    }
+
+    #[test]
+    fn instructions_field_only_with_policy() {
+        let body = r#"{"instructions":"Be terse.","input":"hello"}"#;
+        assert_eq!(text(body), "hello");
+        assert_eq!(text_with_instructions(body), "Be terse.\nhello");
+    }
+
+    #[test]
+    fn nothing_to_classify_is_empty() {
+        assert_eq!(text(r#"{"model":"auto"}"#), "");
+        assert_eq!(text(r#"{"input":[]}"#), "");
+        assert_eq!(
+            text(r#"{"input":[1,"x",null,{"role":"user","content":7}]}"#),
+            ""
+        );
+        assert_eq!(text(r#"{"input":"   "}"#), "");
+    }
+
+    #[test]
+    fn wrong_input_types_are_errors() {
+        for body in [
+            r#"{"input":5}"#,
+            r#"{"input":{"a":1}}"#,
+            r#"{"input":true}"#,
+        ] {
+            let err = extract(&parse(body.as_bytes()).unwrap(), TextPolicy::default()).unwrap_err();
+            assert_eq!(
+                (err.status, err.param.as_deref()),
+                (400, Some("input")),
+                "{body}"
+            );
+        }
+        let err =
+            extract(&parse(br#"{"messages":7}"#).unwrap(), TextPolicy::default()).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("messages"));
+    }
+}

@@ -1,0 +1,242 @@
+//! Plays Envoy against a real router server: starts the service on an ephemeral port (or a Unix
+//! socket) and drives ext_proc streams with the generated `ExternalProcessorClient`.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    CommonResponse, HttpBody, HttpHeaders, HttpTrailers, ImmediateResponse, ProcessingRequest,
+    ProcessingResponse, body_mutation::Mutation,
+    external_processor_client::ExternalProcessorClient, processing_request::Request,
+    processing_response::Response,
+};
+use responses_router::affinity::{AffinityStore, NoStore};
+use responses_router::config;
+use responses_router::extproc::service::Listeners;
+use responses_router::extproc::{RouterService, SharedTable, serve};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+pub const ROUTING_YAML: &str = r#"
+max_body_bytes: 4096
+default_model: general-model
+models:
+  - name: general-model
+    clusters: [{ name: general }]
+  - name: code-model
+    clusters: [{ name: code }]
+categories:
+  - name: coding
+    model: code-model
+    keywords: [python, rust, debug]
+    patterns: ['```']
+"#;
+
+/// A running router and a client connected to it.
+pub struct Router {
+    pub client: ExternalProcessorClient<Channel>,
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub async fn start() -> Router {
+    start_with(ROUTING_YAML, Arc::new(NoStore)).await
+}
+
+pub async fn start_with(yaml: &str, store: Arc<dyn AffinityStore>) -> Router {
+    let table = config::from_yaml(yaml).expect("test config is valid");
+    let service = RouterService::new(SharedTable::new(table), store);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(
+        service,
+        Listeners {
+            tcp: Some(listener),
+            uds: None,
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let client = ExternalProcessorClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    Router {
+        client,
+        addr,
+        stop: Some(stop),
+    }
+}
+
+/// One ext_proc stream: send a message, receive its reply, as Envoy does.
+pub struct Stream {
+    tx: mpsc::Sender<ProcessingRequest>,
+    rx: tonic::Streaming<ProcessingResponse>,
+}
+
+impl Stream {
+    pub async fn open(client: &mut ExternalProcessorClient<Channel>) -> Stream {
+        let (tx, rx) = mpsc::channel(8);
+        let rx = client
+            .process(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Stream { tx, rx }
+    }
+
+    /// Sends one message and returns the router's reply to it.
+    pub async fn send(&mut self, request: Request) -> Result<ProcessingResponse, tonic::Status> {
+        self.tx
+            .send(ProcessingRequest {
+                request: Some(request),
+                ..Default::default()
+            })
+            .await
+            .expect("router closed the stream");
+        match tokio::time::timeout(std::time::Duration::from_secs(5), self.rx.message()).await {
+            Ok(Ok(Some(reply))) => Ok(reply),
+            Ok(Ok(None)) => Err(tonic::Status::aborted("stream closed without a reply")),
+            Ok(Err(status)) => Err(status),
+            Err(_) => panic!("no reply within 5 s"),
+        }
+    }
+
+    /// Whether the router ended the stream (no further replies).
+    pub async fn closed(&mut self) -> bool {
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(5), self.rx.message()).await,
+            Ok(Ok(None)) | Ok(Err(_))
+        )
+    }
+}
+
+pub fn headers(method: &str, path: &str, extra: &[(&str, &str)], end_of_stream: bool) -> Request {
+    let mut list = vec![
+        (":method", method),
+        (":path", path),
+        (":authority", "api.example"),
+        ("x-request-id", "req-0001"),
+    ];
+    list.extend_from_slice(extra);
+    Request::RequestHeaders(HttpHeaders {
+        headers: Some(HeaderMap {
+            headers: list
+                .into_iter()
+                .map(|(k, v)| HeaderValue {
+                    key: k.into(),
+                    raw_value: v.as_bytes().to_vec(),
+                    ..Default::default()
+                })
+                .collect(),
+        }),
+        end_of_stream,
+        ..Default::default()
+    })
+}
+
+pub fn body(bytes: &[u8], end_of_stream: bool) -> Request {
+    Request::RequestBody(HttpBody {
+        body: bytes.to_vec(),
+        end_of_stream,
+        ..Default::default()
+    })
+}
+
+pub fn trailers() -> Request {
+    Request::RequestTrailers(HttpTrailers::default())
+}
+
+/// The CommonResponse of a request-headers reply.
+pub fn headers_common(reply: &ProcessingResponse) -> &CommonResponse {
+    match &reply.response {
+        Some(Response::RequestHeaders(h)) => h
+            .response
+            .as_ref()
+            .expect("headers reply has a CommonResponse"),
+        other => panic!("expected a request-headers reply, got {other:?}"),
+    }
+}
+
+/// The CommonResponse of a request-body reply.
+pub fn body_common(reply: &ProcessingResponse) -> &CommonResponse {
+    match &reply.response {
+        Some(Response::RequestBody(b)) => b
+            .response
+            .as_ref()
+            .expect("body reply has a CommonResponse"),
+        other => panic!("expected a request-body reply, got {other:?}"),
+    }
+}
+
+pub fn immediate(reply: &ProcessingResponse) -> &ImmediateResponse {
+    match &reply.response {
+        Some(Response::ImmediateResponse(i)) => i,
+        other => panic!("expected an immediate response, got {other:?}"),
+    }
+}
+
+/// Headers set by a CommonResponse, as (name, value) pairs.
+pub fn set_headers(common: &CommonResponse) -> Vec<(String, String)> {
+    common
+        .header_mutation
+        .as_ref()
+        .map(|m| {
+            m.set_headers
+                .iter()
+                .filter_map(|o| o.header.as_ref())
+                .map(|h| {
+                    assert!(h.value.is_empty(), "only raw_value may be set ({})", h.key);
+                    (
+                        h.key.clone(),
+                        String::from_utf8(h.raw_value.clone()).unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn set_header<'a>(common: &CommonResponse, name: &str) -> Option<String> {
+    set_headers(common)
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+pub fn removed_headers(common: &CommonResponse) -> Vec<String> {
+    common
+        .header_mutation
+        .as_ref()
+        .map(|m| m.remove_headers.clone())
+        .unwrap_or_default()
+}
+
+/// The replacement body, if the reply replaces it.
+pub fn new_body(common: &CommonResponse) -> Option<Vec<u8>> {
+    match common.body_mutation.as_ref()?.mutation.as_ref()? {
+        Mutation::Body(b) => Some(b.clone()),
+        _ => None,
+    }
+}
+
+pub fn clears_body(common: &CommonResponse) -> bool {
+    matches!(
+        common
+            .body_mutation
+            .as_ref()
+            .and_then(|m| m.mutation.as_ref()),
+        Some(Mutation::ClearBody(true))
+    )
+}

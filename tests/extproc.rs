@@ -1,0 +1,561 @@
+//! The router as Envoy sees it: real gRPC streams against a running server, asserting the exact
+//! header and body mutations, mode overrides and error replies.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
+use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders};
+use responses_router::affinity::{AffinityStore, Location};
+
+const ROUTING: [&str; 6] = [
+    "x-router-cluster",
+    "x-selected-model",
+    "x-router-reason",
+    "x-router-category",
+    "x-router-classified-model",
+    "x-gateway-destination-endpoint",
+];
+
+fn json_error(
+    ir: &envoy_types::pb::envoy::service::ext_proc::v3::ImmediateResponse,
+) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_slice(&ir.body).expect("error body is JSON");
+    for field in ["message", "type", "param", "code"] {
+        assert!(
+            v["error"].get(field).is_some(),
+            "error body lacks `{field}`: {v}"
+        );
+    }
+    v
+}
+
+#[tokio::test]
+async fn auto_request_in_one_chunk_is_classified_spliced_and_routed() {
+    let mut router = start().await;
+    let mut s = Stream::open(&mut router.client).await;
+    let client_body = br#"{"input":"please debug my python","big":12345678901234567890,"model" : "auto","f":1.50}"#;
+    let len = client_body.len().to_string();
+    let reply = s
+        .send(headers(
+            "POST",
+            "/v1/responses?x=1",
+            &[
+                ("content-type", "application/json"),
+                ("content-length", &len),
+                ("x-router-cluster", "general"),
+            ],
+            false,
+        ))
+        .await
+        .unwrap();
+    // Headers: ask for the buffered body, strip every client routing header, no decision yet.
+    let mode = reply.mode_override.expect("asks Envoy to buffer the body");
+    assert_eq!(mode.request_body_mode, BodySendMode::Buffered as i32);
+    let common = headers_common(&reply);
+    for h in ROUTING {
+        assert!(
+            removed_headers(common).contains(&h.to_string()),
+            "{h} not removed"
+        );
+    }
+    assert!(set_headers(common).is_empty());
+
+    let reply = s.send(body(client_body, true)).await.unwrap();
+    let common = body_common(&reply);
+    let expected = br#"{"input":"please debug my python","big":12345678901234567890,"model" : "code-model","f":1.50}"#;
+    assert_eq!(new_body(common).as_deref(), Some(&expected[..]));
+    assert_eq!(
+        set_header(common, "content-length"),
+        Some(expected.len().to_string())
+    );
+    assert_eq!(
+        set_header(common, "x-router-cluster").as_deref(),
+        Some("code")
+    );
+    assert_eq!(
+        set_header(common, "x-selected-model").as_deref(),
+        Some("code-model")
+    );
+    assert_eq!(
+        set_header(common, "x-router-reason").as_deref(),
+        Some("category")
+    );
+    assert_eq!(
+        set_header(common, "x-router-category").as_deref(),
+        Some("coding")
+    );
+    assert!(common.clear_route_cache, "Envoy must re-pick the route");
+    assert!(removed_headers(common).contains(&"x-gateway-destination-endpoint".to_string()));
+}
+
+#[tokio::test]
+async fn body_in_many_chunks_is_held_back_and_sent_whole() {
+    let mut router = start().await;
+    let mut s = Stream::open(&mut router.client).await;
+    s.send(headers("POST", "/v1/chat/completions", &[], false))
+        .await
+        .unwrap();
+    let full = br#"{"model":"auto","messages":[{"role":"user","content":"```rust code```"}],"stream":true}"#;
+    let chunks: Vec<&[u8]> = full.chunks(7).collect();
+    for chunk in &chunks[..chunks.len() - 1] {
+        let reply = s.send(body(chunk, false)).await.unwrap();
+        assert!(
+            clears_body(body_common(&reply)),
+            "partial chunks are withheld"
+        );
+    }
+    let reply = s.send(body(chunks[chunks.len() - 1], true)).await.unwrap();
+    let common = body_common(&reply);
+    let expected = String::from_utf8_lossy(full).replacen("\"auto\"", "\"code-model\"", 1);
+    assert_eq!(new_body(common).unwrap(), expected.as_bytes());
+    assert_eq!(
+        set_header(common, "x-router-cluster").as_deref(),
+        Some("code")
+    );
+    // No content-length was sent (chunked), so none is invented.
+    assert_eq!(set_header(common, "content-length"), None);
+}
+
+#[tokio::test]
+async fn explicit_model_passes_untouched() {
+    let mut router = start().await;
+    let mut s = Stream::open(&mut router.client).await;
+    s.send(headers(
+        "POST",
+        "/v1/responses",
+        &[("content-length", "40")],
+        false,
+    ))
+    .await
+    .unwrap();
+    let reply = s
+        .send(body(br#"{"model":"general-model","input":"python"}"#, true))
+        .await
+        .unwrap();
+    let common = body_common(&reply);
+    assert_eq!(new_body(common), None, "the body is not replaced");
+    assert_eq!(set_header(common, "content-length"), None);
+    assert_eq!(
+        set_header(common, "x-router-cluster").as_deref(),
+        Some("general")
+    );
+    assert_eq!(
+        set_header(common, "x-router-reason").as_deref(),
+        Some("explicit")
+    );
+    assert!(removed_headers(common).contains(&"x-router-category".to_string()));
+}
+
+#[tokio::test]
+async fn client_errors_are_openai_immediate_responses() {
+    let cases: [(&[u8], u32, &str); 6] = [
+        (b"{not json", 400, "invalid_json"),
+        (
+            br#"{"model":"auto","model":"code-model","input":"x"}"#,
+            400,
+            "invalid_value",
+        ),
+        (br#"{"model":7,"input":"x"}"#, 400, "invalid_value"),
+        (
+            br#"{"model":"gpt-nope","input":"x"}"#,
+            404,
+            "model_not_found",
+        ),
+        (
+            br#"{"model":"auto","input":[{"type":"input_image","image_url":"x"}]}"#,
+            400,
+            "invalid_value",
+        ),
+        (br#"{"input":"x"}"#, 400, "missing_required_parameter"),
+    ];
+    let mut router = start().await;
+    for (payload, status, code) in cases {
+        let mut s = Stream::open(&mut router.client).await;
+        s.send(headers("POST", "/v1/responses", &[], false))
+            .await
+            .unwrap();
+        let reply = s.send(body(payload, true)).await.unwrap();
+        let ir = immediate(&reply);
+        assert_eq!(
+            ir.status.as_ref().unwrap().code as u32,
+            status,
+            "{}",
+            String::from_utf8_lossy(payload)
+        );
+        assert_eq!(json_error(ir)["error"]["code"], code);
+        let ct = ir
+            .headers
+            .as_ref()
+            .unwrap()
+            .set_headers
+            .iter()
+            .find(|h| h.header.as_ref().unwrap().key == "content-type");
+        assert_eq!(
+            ct.unwrap().header.as_ref().unwrap().raw_value,
+            b"application/json"
+        );
+    }
+}
+
+#[tokio::test]
+async fn over_the_limit_is_413_without_waiting_for_the_end() {
+    let mut router = start().await;
+    let mut s = Stream::open(&mut router.client).await;
+    s.send(headers("POST", "/v1/responses", &[], false))
+        .await
+        .unwrap();
+    let reply = s.send(body(&[b' '; 3000], false)).await.unwrap();
+    assert!(clears_body(body_common(&reply)));
+    let reply = s.send(body(&[b' '; 3000], false)).await.unwrap();
+    let ir = immediate(&reply);
+    assert_eq!(ir.status.as_ref().unwrap().code, 413);
+    assert_eq!(json_error(ir)["error"]["type"], "invalid_request_error");
+    // Anything Envoy sends after the error reply is a protocol violation: the stream ends.
+    assert!(s.send(body(b"}", true)).await.is_err());
+}
+
+#[tokio::test]
+async fn empty_body_with_end_of_stream_on_headers_is_400() {
+    let mut router = start().await;
+    let mut s = Stream::open(&mut router.client).await;
+    let reply = s
+        .send(headers("POST", "/v1/responses", &[], true))
+        .await
+        .unwrap();
+    assert_eq!(immediate(&reply).status.as_ref().unwrap().code, 400);
+}
+
+#[tokio::test]
+async fn id_paths_are_decided_on_headers_and_stay_put() {
+    let mut router = start().await;
+    let mut clusters = Vec::new();
+    for (method, path) in [
+        ("GET", "/v1/responses/resp_abc"),
+        ("DELETE", "/v1/responses/resp_abc"),
+        ("POST", "/v1/responses/resp_abc/cancel"),
+        ("GET", "/v1/responses/resp_abc/input_items?limit=5"),
+    ] {
+        let mut s = Stream::open(&mut router.client).await;
+        let reply = s
+            .send(headers(method, path, &[("x-router-cluster", "evil")], true))
+            .await
+            .unwrap();
+        assert!(reply.mode_override.is_none(), "no body needed");
+        let common = headers_common(&reply);
+        assert!(common.clear_route_cache);
+        assert_eq!(
+            set_header(common, "x-router-reason").as_deref(),
+            Some("hash")
+        );
+        clusters.push(set_header(common, "x-router-cluster").unwrap());
+    }
+    assert!(
+        clusters.iter().all(|c| c == &clusters[0] && c != "evil"),
+        "{clusters:?}"
+    );
+}
+
+#[tokio::test]
+async fn pass_through_requests_get_the_default_cluster_and_lose_client_routing_headers() {
+    let mut router = start().await;
+    let mut s = Stream::open(&mut router.client).await;
+    let reply = s
+        .send(headers(
+            "GET",
+            "/v1/models",
+            &[
+                ("x-router-cluster", "code"),
+                ("x-gateway-destination-endpoint", "10.0.0.1:80"),
+            ],
+            true,
+        ))
+        .await
+        .unwrap();
+    let common = headers_common(&reply);
+    assert_eq!(
+        set_header(common, "x-router-cluster").as_deref(),
+        Some("general")
+    );
+    assert_eq!(
+        set_header(common, "x-router-reason").as_deref(),
+        Some("passthrough")
+    );
+    assert!(removed_headers(common).contains(&"x-gateway-destination-endpoint".to_string()));
+    // A body Envoy sends anyway is acknowledged untouched.
+    let mut s = Stream::open(&mut router.client).await;
+    s.send(headers("POST", "/v1/embeddings", &[], false))
+        .await
+        .unwrap();
+    let reply = s.send(body(b"{}", true)).await.unwrap();
+    assert_eq!(new_body(body_common(&reply)), None);
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_refused_clearly() {
+    let mut router = start().await;
+    let mut s = Stream::open(&mut router.client).await;
+    let reply = s
+        .send(headers(
+            "GET",
+            "/v1/responses",
+            &[("upgrade", "websocket"), ("connection", "Upgrade")],
+            true,
+        ))
+        .await
+        .unwrap();
+    let ir = immediate(&reply);
+    assert_eq!(ir.status.as_ref().unwrap().code, 400);
+    assert_eq!(json_error(ir)["error"]["code"], "websocket_not_supported");
+}
+
+#[tokio::test]
+async fn response_phases_and_trailers_get_matching_replies() {
+    let mut router = start().await;
+    let mut s = Stream::open(&mut router.client).await;
+    s.send(headers("GET", "/v1/models", &[], true))
+        .await
+        .unwrap();
+    let reply = s
+        .send(Request::ResponseHeaders(HttpHeaders::default()))
+        .await
+        .unwrap();
+    assert!(matches!(reply.response, Some(Response::ResponseHeaders(_))));
+    let reply = s
+        .send(Request::ResponseBody(HttpBody {
+            body: b"data".to_vec(),
+            end_of_stream: false,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert!(matches!(reply.response, Some(Response::ResponseBody(_))));
+    let reply = s
+        .send(Request::ResponseTrailers(Default::default()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        reply.response,
+        Some(Response::ResponseTrailers(_))
+    ));
+}
+
+#[tokio::test]
+async fn request_trailers_while_buffering_are_refused() {
+    let mut router = start().await;
+    let mut s = Stream::open(&mut router.client).await;
+    s.send(headers("POST", "/v1/responses", &[], false))
+        .await
+        .unwrap();
+    s.send(body(br#"{"model":"auto","#, false)).await.unwrap();
+    let reply = s.send(trailers()).await.unwrap();
+    assert_eq!(immediate(&reply).status.as_ref().unwrap().code, 400);
+}
+
+#[tokio::test]
+async fn protocol_violations_end_the_stream_without_a_guess() {
+    let mut router = start().await;
+    let mut s = Stream::open(&mut router.client).await;
+    let err = s.send(body(b"{}", true)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let mut s = Stream::open(&mut router.client).await;
+    s.send(headers("GET", "/v1/models", &[], true))
+        .await
+        .unwrap();
+    assert!(
+        s.send(headers("GET", "/v1/models", &[], true))
+            .await
+            .is_err()
+    );
+    // The server is still healthy for the next stream.
+    let mut s = Stream::open(&mut router.client).await;
+    assert!(
+        s.send(headers("GET", "/v1/models", &[], true))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_stream_dropped_midway_does_not_hurt_others() {
+    let mut router = start().await;
+    {
+        let mut s = Stream::open(&mut router.client).await;
+        s.send(headers("POST", "/v1/responses", &[], false))
+            .await
+            .unwrap();
+        // Dropped here, mid-body, as when a client disconnects.
+    }
+    let mut s = Stream::open(&mut router.client).await;
+    s.send(headers("POST", "/v1/responses", &[], false))
+        .await
+        .unwrap();
+    let reply = s
+        .send(body(br#"{"model":"auto","input":"hi"}"#, true))
+        .await
+        .unwrap();
+    assert_eq!(
+        set_header(body_common(&reply), "x-router-reason").as_deref(),
+        Some("default")
+    );
+}
+
+#[tokio::test]
+async fn many_concurrent_streams_each_get_their_own_decision() {
+    let router = start().await;
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let mut client = router.client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = Stream::open(&mut client).await;
+            s.send(headers("POST", "/v1/responses", &[], false))
+                .await
+                .unwrap();
+            let text = if i % 2 == 0 { "rust" } else { "poetry" };
+            let payload = format!(r#"{{"model":"auto","input":"{text} {i}"}}"#);
+            let reply = s.send(body(payload.as_bytes(), true)).await.unwrap();
+            (
+                i,
+                set_header(body_common(&reply), "x-router-cluster").unwrap(),
+            )
+        }));
+    }
+    for t in tasks {
+        let (i, cluster) = t.await.unwrap();
+        assert_eq!(cluster, if i % 2 == 0 { "code" } else { "general" });
+    }
+}
+
+struct Pinned;
+
+#[tonic::async_trait]
+impl AffinityStore for Pinned {
+    async fn lookup(&self, id: &str) -> Option<Location> {
+        (id == "resp_pinned").then(|| Location {
+            cluster: "code".into(),
+            host: Some("10.1.2.3:8000".into()),
+        })
+    }
+    async fn record(&self, _: &str, _: Location) {}
+}
+
+#[tokio::test]
+async fn a_store_plugs_in_and_pins_continuations_with_host() {
+    let mut router = start_with(ROUTING_YAML, Arc::new(Pinned)).await;
+    let mut s = Stream::open(&mut router.client).await;
+    s.send(headers("POST", "/v1/responses", &[], false))
+        .await
+        .unwrap();
+    let reply = s
+        .send(body(
+            br#"{"model":"auto","previous_response_id":"resp_pinned","input":"thanks"}"#,
+            true,
+        ))
+        .await
+        .unwrap();
+    let common = body_common(&reply);
+    assert_eq!(
+        set_header(common, "x-router-cluster").as_deref(),
+        Some("code")
+    );
+    assert_eq!(
+        set_header(common, "x-router-reason").as_deref(),
+        Some("affinity")
+    );
+    assert_eq!(
+        set_header(common, "x-gateway-destination-endpoint").as_deref(),
+        Some("10.1.2.3:8000")
+    );
+    assert_eq!(
+        set_header(common, "x-router-classified-model").as_deref(),
+        Some("general-model")
+    );
+    assert_eq!(
+        set_header(common, "x-selected-model").as_deref(),
+        Some("code-model")
+    );
+}
+
+#[tokio::test]
+async fn grpc_health_reports_the_ext_proc_service_serving() {
+    let router = start().await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", router.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for service in ["", "envoy.service.ext_proc.v3.ExternalProcessor"] {
+        let reply = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            reply.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn serves_on_a_unix_socket() {
+    use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+    use responses_router::extproc::service::Listeners;
+    use responses_router::extproc::{RouterService, SharedTable, serve};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("router.sock");
+    // A regular file in the way is not deleted; a stale socket from an earlier run is replaced.
+    std::fs::write(&path, b"keep").unwrap();
+    assert!(Listeners::bind_uds(&path).is_err());
+    std::fs::remove_file(&path).unwrap();
+    drop(Listeners::bind_uds(&path).unwrap());
+    let listener = Listeners::bind_uds(&path).unwrap();
+    let table = responses_router::config::from_yaml(ROUTING_YAML).unwrap();
+    let service = RouterService::new(
+        SharedTable::new(table),
+        Arc::new(responses_router::affinity::NoStore),
+    );
+    tokio::spawn(serve(
+        service,
+        Listeners {
+            tcp: None,
+            uds: Some(listener),
+        },
+        std::future::pending(),
+    ));
+
+    let socket = path.clone();
+    let channel = tonic::transport::Endpoint::from_static("http://router.invalid")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        }))
+        .await
+        .unwrap();
+    let mut client = ExternalProcessorClient::new(channel);
+    let mut s = Stream::open(&mut client).await;
+    s.send(headers("POST", "/v1/responses", &[], false))
+        .await
+        .unwrap();
+    let reply = s
+        .send(body(br#"{"model":"auto","input":"rust"}"#, true))
+        .await
+        .unwrap();
+    assert_eq!(
+        set_header(body_common(&reply), "x-router-cluster").as_deref(),
+        Some("code")
+    );
+}
