@@ -3,7 +3,7 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -117,7 +117,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load(path: &PathBuf) -> Result<RoutingTable, ExitCode> {
+fn load(path: &Path) -> Result<RoutingTable, ExitCode> {
     config::load(path).map_err(|e| {
         eprintln!("{}: {e}", path.display());
         ExitCode::from(2)
@@ -173,17 +173,36 @@ async fn serve(config: PathBuf, listen: String, uds: Option<PathBuf>) -> ExitCod
         tcp,
         uds: uds_listener,
     };
-    match extproc::serve(service, listeners, shutdown_signal()).await {
-        Ok(()) => {
-            tracing::info!("stopped");
+    let (signalled_tx, mut signalled) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = signalled_tx.send(true);
+    };
+    // Streams in flight get DRAIN_DEADLINE to finish after the signal; then the process exits.
+    let deadline = async {
+        let _ = signalled.wait_for(|s| *s).await;
+        tokio::time::sleep(DRAIN_DEADLINE).await;
+    };
+    tokio::select! {
+        result = extproc::serve(service, listeners, shutdown) => match result {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!("server failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        () = deadline => {
+            tracing::warn!("streams still open after {DRAIN_DEADLINE:?}; exiting");
             ExitCode::SUCCESS
-        }
-        Err(e) => {
-            tracing::error!("server failed: {e}");
-            ExitCode::FAILURE
         }
     }
 }
+
+/// How long streams in flight may run on after SIGTERM.
+const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Completes on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {
@@ -202,7 +221,7 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: no new streams, finishing those in flight");
 }
 
-fn validate(path: &PathBuf) -> ExitCode {
+fn validate(path: &Path) -> ExitCode {
     match load(path) {
         Ok(t) => {
             let c = t.config();
@@ -220,7 +239,7 @@ fn validate(path: &PathBuf) -> ExitCode {
 }
 
 async fn explain(
-    config: &PathBuf,
+    config: &Path,
     method: &str,
     path: &str,
     body_file: Option<PathBuf>,

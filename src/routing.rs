@@ -184,10 +184,10 @@ pub fn decide(
             } else {
                 decision.cluster = spread(&candidates, meta.request_id)?;
             }
-            if let (Some(model), Some(field)) = (&decision.model, &parsed.model) {
-                if *model != field.name {
-                    decision.new_body = Some(body::splice_model(parsed.bytes, &field.span, model));
-                }
+            if let (Some(model), Some(field)) = (&decision.model, &parsed.model)
+                && *model != field.name
+            {
+                decision.new_body = Some(body::splice_model(parsed.bytes, &field.span, model));
             }
             Ok(decision)
         }

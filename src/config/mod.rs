@@ -59,3 +59,42 @@ fn env_overrides() -> config::Environment {
         .separator("__")
         .try_parsing(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = "default_model: m\nmodels: [{ name: m, clusters: [{ name: c }] }]\n";
+
+    fn with_env(vars: &[(&str, &str)]) -> Result<RoutingTable, ConfigError> {
+        let env = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(YAML, config::FileFormat::Yaml))
+            .add_source(env_overrides().source(Some(env)))
+            .build()?;
+        RoutingTable::build(raw.try_deserialize()?)
+    }
+
+    #[test]
+    fn environment_overrides_top_level_scalars() {
+        let t = with_env(&[("RESPONSES_ROUTER__MAX_BODY_BYTES", "2048")]).unwrap();
+        assert_eq!(t.max_body_bytes(), 2048);
+        let t = with_env(&[("RESPONSES_ROUTER__UNKNOWN_MODEL", "default")]).unwrap();
+        assert_eq!(t.unknown_model(), UnknownModelPolicy::Default);
+        // A typo in an override is an error, not silently ignored.
+        assert!(with_env(&[("RESPONSES_ROUTER__MAX_BODY_BYTE", "1")]).is_err());
+    }
+
+    #[test]
+    fn load_reads_a_file_and_names_it_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routing.yaml");
+        std::fs::write(&path, YAML).unwrap();
+        assert_eq!(load(&path).unwrap().config().default_model, "m");
+        let missing = dir.path().join("nope.yaml");
+        assert!(matches!(load(&missing), Err(ConfigError::Read(_))));
+    }
+}

@@ -58,12 +58,11 @@ enum Role {
 /// request carries no classifiable text; the caller decides whether that is an error.
 pub fn extract(body: &ParsedBody<'_>, policy: TextPolicy) -> Result<String, ApiError> {
     let mut pieces: Vec<Cow<'_, str>> = Vec::new();
-    if policy.include_instructions {
-        if let Some(raw) = body.instructions {
-            if raw.get().starts_with('"') {
-                pieces.push(parse_str(raw, "instructions")?);
-            }
-        }
+    if let Some(raw) = body
+        .instructions
+        .filter(|r| policy.include_instructions && r.get().starts_with('"'))
+    {
+        pieces.push(parse_str(raw, "instructions")?);
     }
     let (raw, field) = match (body.input, body.messages) {
         (Some(input), _) => (input, "input"),
@@ -156,10 +155,8 @@ fn content_text<'a>(
                     part.kind.as_deref(),
                     Some("input_text") | Some("output_text") | Some("text") | None
                 );
-                if let (true, Some(text)) = (text_part, part.text) {
-                    if text.get().starts_with('"') {
-                        pieces.push(parse_str(text, "input")?);
-                    }
+                if let Some(text) = part.text.filter(|t| text_part && t.get().starts_with('"')) {
+                    pieces.push(parse_str(text, "input")?);
                 }
             }
         }

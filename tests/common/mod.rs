@@ -208,7 +208,7 @@ pub fn set_headers(common: &CommonResponse) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-pub fn set_header<'a>(common: &CommonResponse, name: &str) -> Option<String> {
+pub fn set_header(common: &CommonResponse, name: &str) -> Option<String> {
     set_headers(common)
         .into_iter()
         .find(|(k, _)| k == name)
