@@ -6,7 +6,9 @@
 //! data, so a new store plugs in without touching the decision or its callers.
 
 pub mod hash;
+pub mod memory;
 pub mod store;
 
 pub use hash::{Candidate, fnv1a64, rendezvous};
+pub use memory::MemoryStore;
 pub use store::{AffinityStore, Location, NoStore};
