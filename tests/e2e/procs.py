@@ -1,0 +1,130 @@
+"""Process management for the end-to-end stack: start, wait for readiness, stop, read logs.
+
+Every wait is bounded and every poll also watches the process, so a crash during start-up fails
+at once with its log instead of after a timeout.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+
+class StartupError(RuntimeError):
+    """A process exited or did not become ready in time."""
+
+
+class Proc:
+    """One child process whose stdout and stderr go to a log file."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None):
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.popen = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            # Own process group: a Ctrl-C on pytest does not hit the children before teardown
+            # stops them in order.
+            start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds. Safe to call twice."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=grace)
+        self._log.close()
+
+    def tail(self, lines: int = 150) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as e:
+            return f"<cannot read {self.log_path}: {e}>"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_until(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        """Polls `check` every 50 ms until it returns True; fails fast if the process exits."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if check():
+                    return
+            except OSError:
+                pass
+            if not self.alive():
+                raise StartupError(
+                    f"{self.name} exited with {self.popen.returncode} before {what}\n"
+                    f"command: {' '.join(self.argv)}\n--- {self.log_path} ---\n{self.tail(60)}"
+                )
+            if time.monotonic() >= deadline:
+                raise StartupError(
+                    f"{self.name}: no {what} after {timeout:.0f}s\n"
+                    f"command: {' '.join(self.argv)}\n--- {self.log_path} ---\n{self.tail(60)}"
+                )
+            time.sleep(0.05)
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct loopback ports that were free a moment ago (all bound at once, then released)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def tcp_open(port: int) -> bool:
+    """True when something accepts TCP connections on 127.0.0.1:`port`."""
+    with socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+
+
+def http_status(port: int, path: str) -> int:
+    """Status of `GET path` on 127.0.0.1:`port` (raises OSError if nothing answers)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def render_ports(text: str, ports: dict[int, int], source: str) -> str:
+    """Replaces each `port_value: OLD` with `port_value: NEW`; each OLD must occur exactly once.
+
+    The shipped config stays the single source of truth: only its ports change, and a change to
+    the shipped ports fails here loudly instead of silently testing something else.
+    """
+    for old, new in ports.items():
+        text, count = re.subn(rf"\bport_value:\s*{old}\b", f"port_value: {new}", text)
+        if count != 1:
+            raise StartupError(f"{source}: expected exactly one 'port_value: {old}', found {count}")
+    return text
+
+
+def cargo_target_dir(root: Path) -> Path:
+    return Path(os.environ.get("CARGO_TARGET_DIR", root / "target"))
