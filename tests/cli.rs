@@ -1,0 +1,92 @@
+//! The command line as users and scripts call it: `validate` exit codes and messages, and
+//! `explain` printing the decision the service would make.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn router(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_responses-router"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write stdin");
+    child.wait_with_output().expect("binary exits")
+}
+
+const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/routing.yaml");
+
+#[test]
+fn validate_accepts_the_shipped_config() {
+    let out = router(&["validate", "--config", SHIPPED], b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ok (2 models, 2 clusters, 1 categories)")
+    );
+}
+
+#[test]
+fn validate_names_every_problem_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "default_model: nope\nmodels: [{ name: m, clusters: [{ name: c }] }]\n\
+         categories: [{ name: k, model: gone, patterns: ['(x'] }]\n",
+    )
+    .unwrap();
+    let out = router(&["validate", "--config", path.to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "default_model: unknown model `nope`",
+        "categories[0].model: unknown model `gone`",
+        "categories[0].patterns[0]: invalid regex",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in {err}");
+    }
+}
+
+#[test]
+fn explain_prints_the_decision_from_stdin() {
+    let body = br#"{"model":"auto","input":"refactor this rust code"}"#;
+    let out = router(
+        &["explain", "--config", SHIPPED, "--path", "/v1/responses"],
+        body,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let decision: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON decision");
+    assert_eq!(decision["model"], "code-model");
+    assert_eq!(decision["cluster"], "code");
+    assert_eq!(decision["reason"], "category");
+    assert_eq!(decision["category"], "coding");
+    assert_eq!(decision["text"], "refactor this rust code");
+    assert_eq!(decision["scores"][0]["score"], 3);
+}
+
+#[test]
+fn explain_shows_the_error_a_client_would_get() {
+    let out = router(
+        &["explain", "--config", SHIPPED, "--path", "/v1/responses"],
+        br#"{"model":"x","input":"a"}"#,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("HTTP 404\n"), "{stdout}");
+    assert!(stdout.contains(r#""code":"model_not_found""#), "{stdout}");
+}
