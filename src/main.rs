@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use responses_router::affinity::NoStore;
+use responses_router::affinity::{AffinityStore, MemoryStore, NoStore};
 use responses_router::config::{self, RoutingTable};
 use responses_router::extproc::{self, RouterService, SharedTable, service::Listeners};
 use responses_router::openai::RequestKind;
@@ -171,7 +171,16 @@ async fn serve(config: PathBuf, listen: String, uds: Option<PathBuf>) -> ExitCod
         categories = table.config().categories.len(),
         "responses-router serving ext_proc"
     );
-    let service = RouterService::new(SharedTable::new(table), Arc::new(NoStore));
+    let affinity = &table.config().affinity;
+    let store: Arc<dyn AffinityStore> = if affinity.learn {
+        Arc::new(MemoryStore::new(
+            affinity.capacity,
+            std::time::Duration::from_secs(affinity.ttl_seconds),
+        ))
+    } else {
+        Arc::new(NoStore)
+    };
+    let service = RouterService::new(SharedTable::new(table), store);
     let listeners = Listeners {
         tcp,
         uds: uds_listener,

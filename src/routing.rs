@@ -303,7 +303,7 @@ fn place_by_state(
             _ => {}
         }
         decision.cluster = pin.cluster.clone();
-        decision.host = pin.host.clone();
+        decision.host = pin.host.clone().filter(|_| table.pins_hosts(&pin.cluster));
         decision.reason = Reason::Affinity;
         return Ok(());
     }
@@ -336,6 +336,9 @@ models:
     clusters: [{ name: code }]
   - name: math-model
     clusters: [{ name: code }]
+clusters:
+  - name: code
+    pin_host: true
 categories:
   - name: coding
     model: code-model
@@ -566,13 +569,14 @@ categories:
         assert_eq!(body.state, conv.state);
         let pinned = Location {
             cluster: "general".into(),
-            host: None,
+            host: Some("10.0.0.9:8000".into()),
         };
         let d = run("POST", "/v1/responses/resp_9/cancel", "", Some(pinned)).unwrap();
         assert_eq!(
             (d.cluster.as_str(), d.reason),
             ("general", Reason::Affinity)
         );
+        assert_eq!(d.host, None, "`general` does not pin hosts");
     }
 
     #[test]

@@ -32,7 +32,7 @@ fn validate_accepts_the_shipped_config() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("ok (2 models, 2 clusters, 1 categories)")
+        String::from_utf8_lossy(&out.stdout).contains("ok (3 models, 3 clusters, 2 categories)")
     );
 }
 

@@ -12,7 +12,8 @@ use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders};
 use responses_router::affinity::{AffinityStore, Location};
 
-const ROUTING: [&str; 6] = [
+const ROUTING: [&str; 7] = [
+    "x-router-session-host",
     "x-router-cluster",
     "x-selected-model",
     "x-router-reason",
@@ -466,10 +467,12 @@ async fn a_store_plugs_in_and_pins_continuations_with_host() {
         set_header(common, "x-router-reason").as_deref(),
         Some("affinity")
     );
+    // base64("10.1.2.3:8000"), as Envoy's stateful_session header extension reads it.
     assert_eq!(
-        set_header(common, "x-gateway-destination-endpoint").as_deref(),
-        Some("10.1.2.3:8000")
+        set_header(common, "x-router-session-host").as_deref(),
+        Some("MTAuMS4yLjM6ODAwMA==")
     );
+    assert!(removed_headers(common).contains(&"x-gateway-destination-endpoint".to_string()));
     assert_eq!(
         set_header(common, "x-router-classified-model").as_deref(),
         Some("general-model")
@@ -588,4 +591,231 @@ async fn an_unreadable_message_ends_the_stream_with_an_error_not_ok() {
     let huge = vec![b' '; (1 << 20) + 2 * 4096 + 1024];
     let err = s.send(body(&huge, true)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
+}
+
+fn response_headers(status: &str, content_type: &str) -> Request {
+    let list = [(":status", status), ("content-type", content_type)];
+    Request::ResponseHeaders(HttpHeaders {
+        headers: Some(envoy_types::pb::envoy::config::core::v3::HeaderMap {
+            headers: list
+                .iter()
+                .map(
+                    |(k, v)| envoy_types::pb::envoy::config::core::v3::HeaderValue {
+                        key: k.to_string(),
+                        raw_value: v.as_bytes().to_vec(),
+                        ..Default::default()
+                    },
+                )
+                .collect(),
+        }),
+        ..Default::default()
+    })
+}
+
+fn response_body(bytes: &[u8], end_of_stream: bool) -> Request {
+    Request::ResponseBody(HttpBody {
+        body: bytes.to_vec(),
+        end_of_stream,
+        ..Default::default()
+    })
+}
+
+const LEARNING_YAML: &str = r#"
+default_model: general-model
+models:
+  - name: general-model
+    clusters: [{ name: general-a }, { name: general-b }]
+clusters:
+  - name: general-b
+    pin_host: true
+"#;
+
+/// Plays the observer filter for one created response, then continues it on the routing filter.
+async fn learn_then_continue(
+    router: &mut Router,
+    served_by: &str,
+    content_type: &str,
+    body_chunks: &[&[u8]],
+) -> ProcessingResponseView {
+    let mut obs = Stream::open(&mut router.client).await;
+    obs.observe(
+        headers(
+            "POST",
+            "/v1/responses",
+            &[("x-router-cluster", served_by)],
+            false,
+        ),
+        &[],
+    )
+    .await;
+    obs.observe(
+        response_headers("200", content_type),
+        &[
+            ("xds.cluster_name", served_by),
+            ("upstream.address", "127.0.0.1:9101"),
+        ],
+    )
+    .await;
+    for (i, chunk) in body_chunks.iter().enumerate() {
+        obs.observe(response_body(chunk, i + 1 == body_chunks.len()), &[])
+            .await;
+    }
+    assert!(
+        obs.closed().await,
+        "the observer stream is closed without replies once learned"
+    );
+
+    let mut s = Stream::open(&mut router.client).await;
+    s.send(headers("POST", "/v1/responses", &[], false))
+        .await
+        .unwrap();
+    let reply = s
+        .send(body(
+            br#"{"model":"general-model","previous_response_id":"resp_learned","input":"next"}"#,
+            true,
+        ))
+        .await
+        .unwrap();
+    let common = body_common(&reply);
+    ProcessingResponseView {
+        cluster: set_header(common, "x-router-cluster"),
+        reason: set_header(common, "x-router-reason"),
+        session_host: set_header(common, "x-router-session-host"),
+    }
+}
+
+struct ProcessingResponseView {
+    cluster: Option<String>,
+    reason: Option<String>,
+    session_host: Option<String>,
+}
+
+#[tokio::test]
+async fn learns_from_a_streamed_response_and_routes_the_continuation_there() {
+    let store = Arc::new(responses_router::affinity::MemoryStore::new(
+        1000,
+        std::time::Duration::from_secs(60),
+    ));
+    let mut router = start_with(LEARNING_YAML, store.clone()).await;
+    for served_by in ["general-a", "general-b"] {
+        let sse: &[&[u8]] = &[
+            b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":",
+            b"\"resp_learned\"}}\n\nevent: response.in_progress\n",
+        ];
+        let v = learn_then_continue(&mut router, served_by, "text/event-stream", sse).await;
+        assert_eq!(v.cluster.as_deref(), Some(served_by));
+        assert_eq!(v.reason.as_deref(), Some("affinity"));
+        // Only general-b pins hosts: base64("127.0.0.1:9101").
+        let expected_host = (served_by == "general-b").then(|| "MTI3LjAuMC4xOjkxMDE=".to_string());
+        assert_eq!(v.session_host, expected_host);
+    }
+}
+
+#[tokio::test]
+async fn learns_a_json_response_before_the_client_sees_it() {
+    use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::HeaderSendMode;
+    let store = Arc::new(responses_router::affinity::MemoryStore::new(
+        1000,
+        std::time::Duration::from_secs(60),
+    ));
+    let mut router = start_with(LEARNING_YAML, store.clone()).await;
+    let mut s = Stream::open(&mut router.client).await;
+    let reply = s
+        .send(headers("POST", "/v1/responses", &[], false))
+        .await
+        .unwrap();
+    let mode = reply.mode_override.unwrap();
+    assert_eq!(
+        mode.response_header_mode,
+        HeaderSendMode::Send as i32,
+        "a create watches its response"
+    );
+    let reply = s
+        .send(body(br#"{"model":"general-model","input":"hi"}"#, true))
+        .await
+        .unwrap();
+    assert_eq!(
+        set_header(body_common(&reply), "accept-encoding").as_deref(),
+        Some("identity")
+    );
+
+    // A 2xx JSON response: the router asks Envoy to hold the body until it has read the id.
+    let mut request = response_headers("200", "application/json");
+    let attrs = [
+        ("xds.cluster_name", "general-b"),
+        ("upstream.address", "127.0.0.1:9101"),
+    ];
+    let reply = s
+        .send_with_attributes(request.clone(), &attrs)
+        .await
+        .unwrap();
+    assert!(matches!(reply.response, Some(Response::ResponseHeaders(_))));
+    let mode = reply.mode_override.expect("buffer the JSON body");
+    assert_eq!(mode.response_body_mode, BodySendMode::Buffered as i32);
+    let reply = s
+        .send(response_body(
+            br#"{"id":"resp_learned","object":"response"}"#,
+            true,
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(reply.response, Some(Response::ResponseBody(_))));
+    // Recorded by the time the reply went out: the attribute wins over the routed cluster.
+    assert_eq!(
+        store.get("resp_learned"),
+        Some(Location {
+            cluster: "general-b".into(),
+            host: Some("127.0.0.1:9101".into())
+        })
+    );
+
+    // An SSE response is left alone (the observer filter learns it without holding the stream).
+    let mut s = Stream::open(&mut router.client).await;
+    s.send(headers("POST", "/v1/responses", &[], false))
+        .await
+        .unwrap();
+    s.send(body(
+        br#"{"model":"general-model","input":"hi","stream":true}"#,
+        true,
+    ))
+    .await
+    .unwrap();
+    request = response_headers("200", "text/event-stream");
+    let reply = s.send_with_attributes(request, &attrs).await.unwrap();
+    assert!(reply.mode_override.is_none(), "streams are never buffered");
+
+    // Stateless requests do not watch their responses at all.
+    let mut s = Stream::open(&mut router.client).await;
+    let reply = s
+        .send(headers("POST", "/v1/chat/completions", &[], false))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.mode_override.unwrap().response_header_mode,
+        HeaderSendMode::Skip as i32
+    );
+}
+
+#[tokio::test]
+async fn errors_and_stateless_requests_teach_nothing() {
+    let store = Arc::new(responses_router::affinity::MemoryStore::new(
+        1000,
+        std::time::Duration::from_secs(60),
+    ));
+    let mut router = start_with(LEARNING_YAML, store.clone()).await;
+    // A 404 carrying an id-shaped body, and a chat completion: neither is state.
+    let mut obs = Stream::open(&mut router.client).await;
+    obs.observe(headers("POST", "/v1/responses", &[], false), &[])
+        .await;
+    obs.observe(
+        response_headers("404", "application/json"),
+        &[("xds.cluster_name", "general-a")],
+    )
+    .await;
+    assert!(obs.closed().await);
+    let mut obs = Stream::open(&mut router.client).await;
+    obs.observe(headers("POST", "/v1/chat/completions", &[], false), &[])
+        .await;
+    assert!(obs.closed().await);
+    assert!(store.is_empty());
 }

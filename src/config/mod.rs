@@ -7,8 +7,8 @@ mod schema;
 mod table;
 
 pub use schema::{
-    CategoryConfig, ClassificationConfig, ClusterConfig, ClusterRef, ModelConfig, RoutingConfig,
-    UnknownModelPolicy,
+    AffinityConfig, CategoryConfig, ClassificationConfig, ClusterConfig, ClusterRef, ModelConfig,
+    RoutingConfig, UnknownModelPolicy,
 };
 pub use table::{ConfigIssue, RoutingTable};
 

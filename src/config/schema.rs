@@ -31,6 +31,35 @@ pub struct RoutingConfig {
     /// Categories, in priority order (the first wins a tie).
     #[serde(default)]
     pub categories: Vec<CategoryConfig>,
+    /// Learning where responses live.
+    #[serde(default)]
+    pub affinity: AffinityConfig,
+}
+
+/// Learned affinity: which responses are remembered, and for how long.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AffinityConfig {
+    /// Record `response id -> cluster (and host)` from responses (needs the observer ext_proc
+    /// filter in Envoy). Off: continuations are placed by hash only.
+    #[serde(default = "default_true")]
+    pub learn: bool,
+    /// Most ids remembered; the oldest are forgotten first.
+    #[serde(default = "default_capacity")]
+    pub capacity: usize,
+    /// How long an id is remembered, in seconds.
+    #[serde(default = "default_ttl")]
+    pub ttl_seconds: u64,
+}
+
+impl Default for AffinityConfig {
+    fn default() -> Self {
+        AffinityConfig {
+            learn: true,
+            capacity: default_capacity(),
+            ttl_seconds: default_ttl(),
+        }
+    }
 }
 
 /// Policy for an explicit model no cluster serves.
@@ -80,6 +109,10 @@ pub struct ClusterRef {
 pub struct ClusterConfig {
     /// The Envoy cluster name.
     pub name: String,
+    /// The cluster has several hosts that each keep their own state (e.g. a Service of vLLM
+    /// pods): pin the host a response was served by, not only the cluster.
+    #[serde(default)]
+    pub pin_host: bool,
 }
 
 /// A category of requests and the model that serves it.
@@ -106,6 +139,18 @@ fn default_max_body_bytes() -> usize {
 
 fn default_auto_models() -> Vec<String> {
     vec!["auto".to_owned()]
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_capacity() -> usize {
+    1_000_000
+}
+
+fn default_ttl() -> u64 {
+    24 * 3600
 }
 
 fn default_weight() -> u32 {

@@ -264,6 +264,14 @@ impl RoutingTable {
         self.config.unknown_model
     }
 
+    /// Whether requests pinned to `cluster` are pinned to their host as well.
+    pub fn pins_hosts(&self, cluster: &str) -> bool {
+        self.config
+            .clusters
+            .iter()
+            .any(|c| c.name == cluster && c.pin_host)
+    }
+
     /// The largest body the router accepts.
     pub fn max_body_bytes(&self) -> usize {
         self.config.max_body_bytes

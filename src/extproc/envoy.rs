@@ -44,17 +44,36 @@ pub fn set_header(name: &str, value: &str) -> HeaderValueOption {
     }
 }
 
-/// The mode the router asks for when it needs a request's body: Envoy holds headers and body
-/// until the router answers, so the route can depend on the body. Every field is set because a
-/// `mode_override` replaces the whole mode (an unset header mode would mean SEND).
-pub fn buffered_request_mode() -> ProcessingMode {
+/// The mode the router asks for on request headers. `buffer_body`: Envoy holds headers and body
+/// until the router answers, so the route can depend on the body. `watch_response`: the response
+/// headers come to the router too (requests that create state, to learn where it lives). Every
+/// field is set because a `mode_override` replaces the whole mode (an unset header mode means SEND).
+pub fn request_mode(buffer_body: bool, watch_response: bool) -> ProcessingMode {
     ProcessingMode {
         request_header_mode: HeaderSendMode::Send as i32,
-        response_header_mode: HeaderSendMode::Skip as i32,
-        request_body_mode: BodySendMode::Buffered as i32,
+        response_header_mode: if watch_response {
+            HeaderSendMode::Send
+        } else {
+            HeaderSendMode::Skip
+        } as i32,
+        request_body_mode: if buffer_body {
+            BodySendMode::Buffered
+        } else {
+            BodySendMode::None
+        } as i32,
         response_body_mode: BodySendMode::None as i32,
         request_trailer_mode: HeaderSendMode::Skip as i32,
         response_trailer_mode: HeaderSendMode::Skip as i32,
+    }
+}
+
+/// The mode the router asks for on a JSON response whose id it must learn: Envoy holds the (small)
+/// body until the router has recorded the id, so the client cannot continue the conversation
+/// before the router knows where it lives.
+pub fn buffered_response_mode() -> ProcessingMode {
+    ProcessingMode {
+        response_body_mode: BodySendMode::Buffered as i32,
+        ..request_mode(false, true)
     }
 }
 
@@ -118,10 +137,11 @@ pub fn request_trailers_reply() -> ProcessingResponse {
     }
 }
 
-/// Reply to a response-headers message.
-pub fn response_headers_reply() -> ProcessingResponse {
+/// Reply to a response-headers message, optionally changing how the response body is sent.
+pub fn response_headers_reply(mode: Option<ProcessingMode>) -> ProcessingResponse {
     ProcessingResponse {
         response: Some(Response::ResponseHeaders(HeadersResponse::default())),
+        mode_override: mode,
         ..Default::default()
     }
 }

@@ -6,6 +6,7 @@
 //! - [`service`]: the gRPC service and the TCP / Unix-socket servers.
 
 pub mod envoy;
+pub mod observe;
 pub mod service;
 pub mod stream;
 
@@ -21,16 +22,22 @@ pub const REASON_HEADER: &str = "x-router-reason";
 pub const CATEGORY_HEADER: &str = "x-router-category";
 /// When affinity overrode the classifier: the model the classifier had picked.
 pub const CLASSIFIED_MODEL_HEADER: &str = "x-router-classified-model";
-/// Host override for `ORIGINAL_DST` clusters (Gateway API Inference Extension protocol).
+/// The pinned host, base64-encoded `ip:port`, as Envoy's `stateful_session` filter (header-based
+/// session state) reads it: Envoy sends the request to that host while it is healthy, else
+/// load-balances as usual.
+pub const SESSION_HOST_HEADER: &str = "x-router-session-host";
+/// Host override for `ORIGINAL_DST` clusters (Gateway API Inference Extension protocol). The router
+/// does not set it, but strips it, so a client cannot use it against such a cluster.
 pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
 
 /// Every header that can influence routing. A client may send any of them; the router removes
 /// them all on every request it sees before setting its own, so none can choose an upstream.
-pub const ROUTING_HEADERS: [&str; 6] = [
+pub const ROUTING_HEADERS: [&str; 7] = [
     CLUSTER_HEADER,
     MODEL_HEADER,
     REASON_HEADER,
     CATEGORY_HEADER,
     CLASSIFIED_MODEL_HEADER,
+    SESSION_HOST_HEADER,
     DESTINATION_HEADER,
 ];

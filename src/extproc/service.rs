@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::observe::{Observer, Step};
 use super::stream::StreamState;
 use crate::affinity::AffinityStore;
 use crate::config::RoutingTable;
@@ -85,6 +86,7 @@ impl ExternalProcessor for RouterService {
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
         let mut inbound = request.into_inner();
+        let store = Arc::clone(&self.store);
         let mut state = StreamState::new(self.table.current(), Arc::clone(&self.store));
         // Replies are strictly one per message, so a small channel never holds more than one.
         let (tx, rx) = tokio::sync::mpsc::channel(2);
@@ -102,6 +104,19 @@ impl ExternalProcessor for RouterService {
                         break;
                     }
                 };
+                if message.observability_mode {
+                    // The observer filter's stream: learn from it, never answer (Envoy ignores
+                    // answers in this mode); dropping `tx` closes it once nothing more is needed.
+                    let mut observer = Observer::new(Arc::clone(&store));
+                    let mut next = Some(message);
+                    while let Some(m) = next.take() {
+                        if observer.handle(m).await == Step::Done {
+                            break;
+                        }
+                        next = inbound.message().await.ok().flatten();
+                    }
+                    break;
+                }
                 let reply = state.handle(message).await.map_err(Status::from);
                 let failed = reply.is_err();
                 // A failed send means Envoy went away: nothing is left to answer.

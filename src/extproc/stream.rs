@@ -13,12 +13,17 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     processing_request::Request,
 };
 
+use std::collections::HashMap;
+
+use envoy_types::pb::google::protobuf::Struct;
+
 use super::envoy::{self as msg, header};
+use super::observe::{Capture, IdCapture, attribute};
 use super::{
     CATEGORY_HEADER, CLASSIFIED_MODEL_HEADER, CLUSTER_HEADER, DESTINATION_HEADER, MODEL_HEADER,
-    REASON_HEADER, ROUTING_HEADERS,
+    REASON_HEADER, ROUTING_HEADERS, SESSION_HOST_HEADER,
 };
-use crate::affinity::AffinityStore;
+use crate::affinity::{AffinityStore, Location};
 use crate::config::RoutingTable;
 use crate::openai::{ApiError, RequestKind};
 use crate::routing::{self, Decision, RequestMeta};
@@ -62,6 +67,20 @@ pub struct StreamState {
     table: Arc<RoutingTable>,
     store: Arc<dyn AffinityStore>,
     phase: Phase,
+    learning: Learning,
+}
+
+/// Learning the id a JSON response creates (SSE responses are left to the observer filter).
+enum Learning {
+    /// The request creates no state, learning is off, or there is nothing (more) to learn.
+    Off,
+    /// The request creates state and was routed to this cluster; waiting for response headers.
+    AwaitingResponse { routed_cluster: String },
+    /// A 2xx JSON response from `location`: its buffered body holds the id.
+    Capturing {
+        location: Location,
+        capture: IdCapture,
+    },
 }
 
 impl StreamState {
@@ -71,14 +90,16 @@ impl StreamState {
             table,
             store,
             phase: Phase::AwaitingHeaders,
+            learning: Learning::Off,
         }
     }
 
     /// Handles one message from Envoy and returns the one reply it needs.
     pub async fn handle(
         &mut self,
-        request: ProcessingRequest,
+        mut request: ProcessingRequest,
     ) -> Result<ProcessingResponse, ProtocolViolation> {
+        let attributes = std::mem::take(&mut request.attributes);
         if matches!(self.phase, Phase::Finished) {
             return Err(ProtocolViolation(
                 "message after the request was answered with an error",
@@ -102,8 +123,8 @@ impl StreamState {
                     _ => Ok(msg::request_trailers_reply()),
                 }
             }
-            Some(Request::ResponseHeaders(_)) => Ok(msg::response_headers_reply()),
-            Some(Request::ResponseBody(_)) => Ok(msg::response_body_reply()),
+            Some(Request::ResponseHeaders(h)) => Ok(self.on_response_headers(&h, &attributes)),
+            Some(Request::ResponseBody(b)) => Ok(self.on_response_body(&b).await),
             Some(Request::ResponseTrailers(_)) => Ok(msg::response_trailers_reply()),
             None => Err(ProtocolViolation("message without a request")),
         }
@@ -130,6 +151,7 @@ impl StreamState {
             return Ok(self.fail(&ApiError::body_too_large(self.table.max_body_bytes())));
         }
         if kind.needs_body() && !headers.end_of_stream {
+            let watch = self.learns(&kind);
             self.phase = Phase::Buffering(Buffered {
                 kind,
                 had_content_length: header(map, "content-length").is_some(),
@@ -143,7 +165,7 @@ impl StreamState {
             };
             return Ok(msg::request_headers_reply(
                 msg::common(strip, None, false),
-                Some(msg::buffered_request_mode()),
+                Some(msg::request_mode(true, watch)),
             ));
         }
         // No body to wait for: decide now (a body-bearing kind with no body is a 400).
@@ -155,9 +177,15 @@ impl StreamState {
         match routing::route(&self.table, meta, body, self.store.as_ref()).await {
             Ok(decision) => {
                 self.phase = Phase::Forwarded;
+                let watch = self.learns(&kind);
+                if watch {
+                    self.learning = Learning::AwaitingResponse {
+                        routed_cluster: decision.cluster.clone(),
+                    };
+                }
                 Ok(msg::request_headers_reply(
-                    msg::common(routing_mutation(&decision, None), None, true),
-                    None,
+                    msg::common(routing_mutation(&decision, &kind, None), None, true),
+                    watch.then(|| msg::request_mode(false, true)),
                 ))
             }
             Err(error) => Ok(self.fail(&error)),
@@ -199,6 +227,11 @@ impl StreamState {
         };
         match routing::route(&self.table, meta, Some(&buffered.body), self.store.as_ref()).await {
             Ok(mut decision) => {
+                if self.learns(&buffered.kind) {
+                    self.learning = Learning::AwaitingResponse {
+                        routed_cluster: decision.cluster.clone(),
+                    };
+                }
                 let new_body = match decision.new_body.take() {
                     Some(body) => Some(body),
                     None if buffered.withheld_chunks > 0 => Some(buffered.body),
@@ -209,13 +242,63 @@ impl StreamState {
                     .filter(|_| buffered.had_content_length)
                     .map(Vec::len);
                 Ok(msg::request_body_reply(msg::common(
-                    routing_mutation(&decision, length),
+                    routing_mutation(&decision, &buffered.kind, length),
                     new_body.map(msg::replace_body),
                     true,
                 )))
             }
             Err(error) => Ok(self.fail(&error)),
         }
+    }
+
+    /// Whether the response to a request of this kind should teach the router an id.
+    fn learns(&self, kind: &RequestKind) -> bool {
+        kind.creates_state() && self.table.config().affinity.learn
+    }
+
+    /// A 2xx JSON response to a state-creating request: ask Envoy for its body (held until the
+    /// id is recorded). Anything else (errors, SSE, compressed bodies) passes untouched.
+    fn on_response_headers(
+        &mut self,
+        headers: &HttpHeaders,
+        attributes: &HashMap<String, Struct>,
+    ) -> ProcessingResponse {
+        let Learning::AwaitingResponse { routed_cluster } =
+            std::mem::replace(&mut self.learning, Learning::Off)
+        else {
+            return msg::response_headers_reply(None);
+        };
+        let map = headers.headers.as_ref();
+        let ok = header(map, ":status").is_some_and(|s| s.starts_with('2'));
+        let json = header(map, "content-type").is_some_and(|c| c.contains("json"));
+        let encoded =
+            header(map, "content-encoding").is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
+        if !ok || !json || encoded || headers.end_of_stream {
+            return msg::response_headers_reply(None);
+        }
+        let location = Location {
+            cluster: attribute(attributes, "xds.cluster_name").unwrap_or(routed_cluster),
+            host: attribute(attributes, "upstream.address"),
+        };
+        self.learning = Learning::Capturing {
+            location,
+            capture: IdCapture::new(false),
+        };
+        msg::response_headers_reply(Some(msg::buffered_response_mode()))
+    }
+
+    async fn on_response_body(&mut self, body: &HttpBody) -> ProcessingResponse {
+        if let Learning::Capturing { location, capture } = &mut self.learning {
+            match capture.feed(&body.body, body.end_of_stream) {
+                Capture::Pending => {}
+                Capture::GaveUp => self.learning = Learning::Off,
+                Capture::Found(id) => {
+                    self.store.record(&id, location.clone()).await;
+                    self.learning = Learning::Off;
+                }
+            }
+        }
+        msg::response_body_reply()
     }
 
     fn fail(&mut self, error: &ApiError) -> ProcessingResponse {
@@ -231,8 +314,19 @@ impl StreamState {
 }
 
 /// Header changes that carry a decision to Envoy: the routing headers the router sets, removal of
-/// every other routing header (so no client-sent value survives), and a corrected content-length.
-fn routing_mutation(decision: &Decision, content_length: Option<usize>) -> HeaderMutation {
+/// every other routing header (so no client-sent value survives), a corrected content-length, and
+/// for requests that create state, `accept-encoding: identity` so the response the router learns
+/// from is never compressed.
+fn routing_mutation(
+    decision: &Decision,
+    kind: &RequestKind,
+    content_length: Option<usize>,
+) -> HeaderMutation {
+    use base64::Engine as _;
+    let session_host = decision
+        .host
+        .as_deref()
+        .map(|h| base64::engine::general_purpose::STANDARD.encode(h));
     let mut set = vec![
         msg::set_header(CLUSTER_HEADER, &decision.cluster),
         msg::set_header(REASON_HEADER, decision.reason.as_str()),
@@ -244,7 +338,8 @@ fn routing_mutation(decision: &Decision, content_length: Option<usize>) -> Heade
             CLASSIFIED_MODEL_HEADER,
             decision.classified_model.as_deref(),
         ),
-        (DESTINATION_HEADER, decision.host.as_deref()),
+        (SESSION_HOST_HEADER, session_host.as_deref()),
+        (DESTINATION_HEADER, None),
     ];
     let mut remove = Vec::new();
     for (name, value) in optional {
@@ -255,6 +350,9 @@ fn routing_mutation(decision: &Decision, content_length: Option<usize>) -> Heade
     }
     if let Some(len) = content_length {
         set.push(msg::set_header("content-length", &len.to_string()));
+    }
+    if kind.creates_state() {
+        set.push(msg::set_header("accept-encoding", "identity"));
     }
     HeaderMutation {
         set_headers: set,

@@ -107,6 +107,15 @@ impl RequestKind {
         )
     }
 
+    /// Whether a successful response creates state whose id later requests will name (a response
+    /// or a conversation): the router learns where such responses were served.
+    pub fn creates_state(&self) -> bool {
+        matches!(
+            self,
+            RequestKind::CreateResponse | RequestKind::Compact | RequestKind::CreateConversation
+        )
+    }
+
     /// A short stable name for logs, metrics and the explain output.
     pub fn name(&self) -> &'static str {
         match self {

@@ -27,6 +27,9 @@ models:
     clusters: [{ name: general }]
   - name: code-model
     clusters: [{ name: code }]
+clusters:
+  - name: code
+    pin_host: true
 categories:
   - name: coding
     model: code-model
@@ -111,6 +114,43 @@ impl Stream {
             Ok(Err(status)) => Err(status),
             Err(_) => panic!("no reply within 5 s"),
         }
+    }
+
+    /// Sends a message carrying Envoy attributes (as with `response_attributes`) and returns the reply.
+    pub async fn send_with_attributes(
+        &mut self,
+        request: Request,
+        attributes: &[(&str, &str)],
+    ) -> Result<ProcessingResponse, tonic::Status> {
+        self.tx
+            .send(ProcessingRequest {
+                request: Some(request),
+                attributes: attribute_map(attributes),
+                ..Default::default()
+            })
+            .await
+            .expect("router closed the stream");
+        match tokio::time::timeout(std::time::Duration::from_secs(5), self.rx.message()).await {
+            Ok(Ok(Some(reply))) => Ok(reply),
+            Ok(Ok(None)) => Err(tonic::Status::aborted("stream closed without a reply")),
+            Ok(Err(status)) => Err(status),
+            Err(_) => panic!("no reply within 5 s"),
+        }
+    }
+
+    /// Sends an observability-mode message, to which no reply is due.
+    pub async fn observe(&mut self, request: Request, attributes: &[(&str, &str)]) {
+        let map = attribute_map(attributes);
+        // The router closes an observer stream once it has learned; a send may then fail.
+        let _ = self
+            .tx
+            .send(ProcessingRequest {
+                request: Some(request),
+                attributes: map,
+                observability_mode: true,
+                ..Default::default()
+            })
+            .await;
     }
 
     /// Whether the router ended the stream (no further replies).
@@ -239,4 +279,27 @@ pub fn clears_body(common: &CommonResponse) -> bool {
             .and_then(|m| m.mutation.as_ref()),
         Some(Mutation::ClearBody(true))
     )
+}
+
+/// Attributes as Envoy sends them: a Struct of string values under the filter's name.
+fn attribute_map(
+    attributes: &[(&str, &str)],
+) -> std::collections::HashMap<String, envoy_types::pb::google::protobuf::Struct> {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let fields = attributes
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                Value {
+                    kind: Some(Kind::StringValue(v.to_string())),
+                },
+            )
+        })
+        .collect();
+    let mut map = std::collections::HashMap::new();
+    if !attributes.is_empty() {
+        map.insert("envoy.filters.http.ext_proc".to_string(), Struct { fields });
+    }
+    map
 }

@@ -32,7 +32,17 @@ ENVOY_YAML = ROOT / "deploy" / "envoy.yaml"
 ROUTING_YAML = ROOT / "deploy" / "routing.yaml"
 
 # Ports in the shipped deploy/envoy.yaml (the ports scripts/stack uses), replaced by free ones at run time.
-SHIPPED_PORTS = {"listener": 8080, "admin": 9901, "router": 50051, "general": 8101, "code": 8102}
+SHIPPED_PORTS = {
+    "listener": 8080, "admin": 9901, "router": 50051,
+    "general": 8101, "code": 8102, "story-a": 8103, "story-b": 8104,
+}
+# Simulators: name -> (port key, served model). The two story hosts form one cluster (`stories`).
+SIMULATORS = {
+    "sim-general": ("general", "general-model"),
+    "sim-code": ("code", "code-model"),
+    "sim-story-a": ("story-a", "story-model"),
+    "sim-story-b": ("story-b", "story-model"),
+}
 
 STARTUP_TIMEOUT = 30.0
 BUILD_TIMEOUT = 1500.0
@@ -133,34 +143,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         base_url=f"http://127.0.0.1:{ports['listener']}/v1",
         envoy_url=f"http://127.0.0.1:{ports['listener']}",
         admin_url=f"http://127.0.0.1:{ports['admin']}",
-        sim_urls={
-            "sim-general": f"http://127.0.0.1:{ports['general']}",
-            "sim-code": f"http://127.0.0.1:{ports['code']}",
-        },
+        sim_urls={name: f"http://127.0.0.1:{ports[key]}" for name, (key, _) in SIMULATORS.items()},
         ports=ports,
     )
     try:
         # The deploy/routing.yaml holds no address or port, so the shipped file is used as is.
-        s.procs["sim-general"] = start(
-            "sim-general",
-            [str(binary), "simulate", "--listen", f"127.0.0.1:{ports['general']}",
-             "--instance", "sim-general", "--models", "general-model"],
-        )
-        s.procs["sim-code"] = start(
-            "sim-code",
-            [str(binary), "simulate", "--listen", f"127.0.0.1:{ports['code']}",
-             "--instance", "sim-code", "--models", "code-model",
-             "--chunk-delay-ms", str(CODE_CHUNK_DELAY_MS), "--stream-chunks", str(CODE_STREAM_CHUNKS)],
-        )
+        for name, (key, model) in SIMULATORS.items():
+            argv = [str(binary), "simulate", "--listen", f"127.0.0.1:{ports[key]}", "--instance", name,
+                    "--models", model]
+            if name == "sim-code":
+                argv += ["--chunk-delay-ms", str(CODE_CHUNK_DELAY_MS), "--stream-chunks", str(CODE_STREAM_CHUNKS)]
+            s.procs[name] = start(name, argv)
         s.procs["router"] = start(
             "router",
             [str(binary), "serve", "--config", str(ROUTING_YAML), "--listen", f"127.0.0.1:{ports['router']}"],
         )
         s.procs["envoy"] = start("envoy", envoy_argv(envoy, envoy_yaml))
-        s.procs["sim-general"].wait_until(lambda: http_status(ports["general"], "/v1/models") > 0,
-                                          STARTUP_TIMEOUT, "HTTP answer")
-        s.procs["sim-code"].wait_until(lambda: http_status(ports["code"], "/v1/models") > 0,
-                                       STARTUP_TIMEOUT, "HTTP answer")
+        for name, (key, _) in SIMULATORS.items():
+            s.procs[name].wait_until(lambda port=ports[key]: http_status(port, "/v1/models") > 0,
+                                     STARTUP_TIMEOUT, "HTTP answer")
         s.procs["router"].wait_until(lambda: tcp_open(ports["router"]), STARTUP_TIMEOUT, "gRPC listener")
         wait_envoy_ready(s.procs["envoy"], ports)
         yield s
@@ -168,6 +169,35 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # Reverse order: Envoy first, so nothing is proxied to a half-stopped backend.
         for proc in reversed(_procs):
             proc.stop()
+
+
+@pytest.fixture(scope="session")
+def stack_without_learning(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A second router with affinity learning switched off (the environment override
+    RESPONSES_ROUTER__AFFINITY__LEARN=false) and its own Envoy, in front of the same simulators:
+    the control group that shows what continuity looks like without learning."""
+    workdir = tmp_path_factory.mktemp("no-learning")
+    binary = _router_binary()
+    ports = {**stack.ports, **dict(zip(("listener", "admin", "router"), free_ports(3)))}
+    envoy_yaml = render_envoy_yaml(workdir / "envoy.yaml", ports)
+    env = {**os.environ, "RUST_BACKTRACE": "1", "RESPONSES_ROUTER__AFFINITY__LEARN": "false"}
+    router = start_proc("router-no-learning", [str(binary), "serve", "--config", str(ROUTING_YAML),
+                                               "--listen", f"127.0.0.1:{ports['router']}"], workdir, env)
+    envoy = start_proc("envoy-no-learning", envoy_argv(_envoy_binary(), envoy_yaml), workdir, env)
+    try:
+        router.wait_until(lambda: tcp_open(ports["router"]), STARTUP_TIMEOUT, "gRPC listener")
+        wait_envoy_ready(envoy, ports)
+        yield Stack(
+            base_url=f"http://127.0.0.1:{ports['listener']}/v1",
+            envoy_url=f"http://127.0.0.1:{ports['listener']}",
+            admin_url=f"http://127.0.0.1:{ports['admin']}",
+            sim_urls=stack.sim_urls,
+            ports=ports,
+            procs={"router": router, "envoy": envoy},
+        )
+    finally:
+        envoy.stop()
+        router.stop()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001

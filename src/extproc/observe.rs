@@ -1,0 +1,307 @@
+//! Learning where state lives, from the response path, without ever holding a stream back.
+//!
+//! Requests that create state (`POST /v1/responses`, `/compact`, `/v1/conversations`) teach the
+//! router where the new id lives, in one of two ways:
+//! - a JSON response is learned by the routing stream itself (`super::stream`): it asks Envoy to
+//!   hold the small body until the id is recorded, so a client can never continue the
+//!   conversation before the router knows where it is;
+//! - an SSE stream must never wait, so a second ext_proc filter in *observability mode*
+//!   ([`Observer`]) gets copies of the response headers (with the `xds.cluster_name` and
+//!   `upstream.address` attributes) and body chunks, reads `response.id` from the first event
+//!   (`response.created`), records it, and closes its stream so Envoy stops copying the rest.
+//!   Envoy never waits on it.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    ProcessingRequest, processing_request::Request,
+};
+use envoy_types::pb::google::protobuf::{Struct, value::Kind};
+use serde::Deserialize;
+
+use super::CLUSTER_HEADER;
+use super::envoy::header;
+use crate::affinity::{AffinityStore, Location};
+use crate::openai::RequestKind;
+
+/// Most bytes of SSE read while looking for the first event that names the response.
+const SSE_LIMIT: usize = 64 * 1024;
+/// Most bytes of a JSON response buffered to read its `id`.
+const JSON_LIMIT: usize = 8 * 1024 * 1024;
+
+/// What the capture made of the bytes so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Capture {
+    /// The id of the created response or conversation.
+    Found(String),
+    /// Not yet: feed more.
+    Pending,
+    /// The body has no usable id (an error body, over the limit, not JSON).
+    GaveUp,
+}
+
+/// Finds the id of a created response or conversation in a response body, chunk by chunk.
+#[derive(Debug)]
+pub struct IdCapture {
+    sse: bool,
+    buf: Vec<u8>,
+    /// Where to resume scanning for an SSE event boundary.
+    scanned: usize,
+}
+
+#[derive(Deserialize)]
+struct WithId<'a> {
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(borrow)]
+    response: Option<WithId<'a>>,
+}
+
+impl IdCapture {
+    /// A capture for an SSE (`text/event-stream`) or JSON body.
+    pub fn new(sse: bool) -> Self {
+        IdCapture {
+            sse,
+            buf: Vec::new(),
+            scanned: 0,
+        }
+    }
+
+    /// Feeds one body chunk; `end` marks the last one.
+    pub fn feed(&mut self, chunk: &[u8], end: bool) -> Capture {
+        let limit = if self.sse { SSE_LIMIT } else { JSON_LIMIT };
+        if self.buf.len() + chunk.len() > limit {
+            return Capture::GaveUp;
+        }
+        self.buf.extend_from_slice(chunk);
+        if self.sse {
+            self.scan_events(end)
+        } else if end {
+            match serde_json::from_slice::<WithId<'_>>(&self.buf) {
+                Ok(WithId { id: Some(id) }) if !id.is_empty() => Capture::Found(id.into_owned()),
+                _ => Capture::GaveUp,
+            }
+        } else {
+            Capture::Pending
+        }
+    }
+
+    /// Looks at each complete SSE event for one whose data carries `response.id`.
+    fn scan_events(&mut self, end: bool) -> Capture {
+        loop {
+            let rest = &self.buf[self.scanned..];
+            let Some((len, sep)) = event_end(rest) else {
+                return if end {
+                    Capture::GaveUp
+                } else {
+                    Capture::Pending
+                };
+            };
+            let event = &rest[..len];
+            self.scanned += len + sep;
+            if let Some(id) = response_id_of_event(event) {
+                return Capture::Found(id);
+            }
+        }
+    }
+}
+
+/// Length of the first complete event in `bytes` and of its blank-line separator.
+fn event_end(bytes: &[u8]) -> Option<(usize, usize)> {
+    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+fn response_id_of_event(event: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(event).ok()?;
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+        .collect();
+    let data = data.join("\n");
+    let event: Event<'_> = serde_json::from_str(&data).ok()?;
+    let id = event.response?.id?;
+    (!id.is_empty()).then(|| id.into_owned())
+}
+
+/// Whether the observer wants more messages of this stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Continue,
+    /// Learned what there was to learn (or nothing can be): close the stream.
+    Done,
+}
+
+/// One observability-mode stream.
+pub struct Observer {
+    store: Arc<dyn AffinityStore>,
+    routed_cluster: Option<String>,
+    location: Option<Location>,
+    capture: Option<IdCapture>,
+}
+
+impl Observer {
+    pub fn new(store: Arc<dyn AffinityStore>) -> Self {
+        Observer {
+            store,
+            routed_cluster: None,
+            location: None,
+            capture: None,
+        }
+    }
+
+    /// Takes one message; no reply is ever sent in observability mode.
+    pub async fn handle(&mut self, message: ProcessingRequest) -> Step {
+        match message.request {
+            Some(Request::RequestHeaders(h)) => {
+                let map = h.headers.as_ref();
+                let kind = RequestKind::classify(
+                    header(map, ":method").unwrap_or_default(),
+                    header(map, ":path").unwrap_or_default(),
+                    false,
+                );
+                if !kind.creates_state() {
+                    return Step::Done;
+                }
+                self.routed_cluster = header(map, CLUSTER_HEADER).map(str::to_owned);
+                Step::Continue
+            }
+            Some(Request::ResponseHeaders(h)) => {
+                let map = h.headers.as_ref();
+                let ok = header(map, ":status").is_some_and(|s| s.starts_with('2'));
+                let encoded = header(map, "content-encoding")
+                    .is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
+                if !ok || encoded || h.end_of_stream {
+                    return Step::Done;
+                }
+                let cluster = attribute(&message.attributes, "xds.cluster_name")
+                    .or_else(|| self.routed_cluster.clone());
+                let Some(cluster) = cluster else {
+                    return Step::Done;
+                };
+                self.location = Some(Location {
+                    cluster,
+                    host: attribute(&message.attributes, "upstream.address"),
+                });
+                // JSON responses are learned by the routing stream itself, before the client sees
+                // them; the observer only watches streams, which must never wait.
+                if !header(map, "content-type").is_some_and(|c| c.contains("text/event-stream")) {
+                    return Step::Done;
+                }
+                self.capture = Some(IdCapture::new(true));
+                Step::Continue
+            }
+            Some(Request::ResponseBody(b)) => {
+                let (Some(capture), Some(location)) =
+                    (self.capture.as_mut(), self.location.as_ref())
+                else {
+                    return Step::Done;
+                };
+                match capture.feed(&b.body, b.end_of_stream) {
+                    Capture::Pending => Step::Continue,
+                    Capture::GaveUp => Step::Done,
+                    Capture::Found(id) => {
+                        tracing::debug!(%id, cluster = %location.cluster, host = ?location.host, "learned");
+                        self.store.record(&id, location.clone()).await;
+                        Step::Done
+                    }
+                }
+            }
+            Some(_) => Step::Continue,
+            None => Step::Done,
+        }
+    }
+}
+
+/// A string attribute Envoy attached (`response_attributes`), whatever key it is grouped under.
+pub(crate) fn attribute(
+    attributes: &std::collections::HashMap<String, Struct>,
+    name: &str,
+) -> Option<String> {
+    attributes
+        .values()
+        .find_map(|s| match s.fields.get(name)?.kind.as_ref()? {
+            Kind::StringValue(v) if !v.is_empty() => Some(v.clone()),
+            _ => None,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_id_when_the_body_ends() {
+        let mut c = IdCapture::new(false);
+        assert_eq!(
+            c.feed(br#"{"id":"resp_1","object":"#, false),
+            Capture::Pending
+        );
+        assert_eq!(
+            c.feed(br#""response","output":[{"id":"msg_1"}]}"#, true),
+            Capture::Found("resp_1".into())
+        );
+        let mut c = IdCapture::new(false);
+        assert_eq!(
+            c.feed(br#"{"object":"conversation","id":"conv_\u0041"}"#, true),
+            Capture::Found("conv_A".into())
+        );
+        let mut c = IdCapture::new(false);
+        assert_eq!(
+            c.feed(br#"{"error":{"message":"x"}}"#, true),
+            Capture::GaveUp
+        );
+        let mut c = IdCapture::new(false);
+        assert_eq!(c.feed(b"not json", true), Capture::GaveUp);
+    }
+
+    #[test]
+    fn sse_id_from_the_first_event_split_anywhere() {
+        let stream = concat!(
+            "event: response.created\n",
+            "data: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_s\",\"status\":\"in_progress\"}}\n\n",
+            "event: response.in_progress\ndata: {}\n\n"
+        )
+        .as_bytes();
+        for split in 1..stream.len() {
+            let mut c = IdCapture::new(true);
+            let first = c.feed(&stream[..split], false);
+            let found = if first == Capture::Pending {
+                c.feed(&stream[split..], false)
+            } else {
+                first
+            };
+            assert_eq!(found, Capture::Found("resp_s".into()), "split at {split}");
+        }
+    }
+
+    #[test]
+    fn sse_skips_events_without_a_response_and_handles_crlf() {
+        let stream = b": keep-alive\r\n\r\nevent: response.queued\r\ndata: {\"response\":{\"id\":\"resp_q\"}}\r\n\r\n";
+        assert_eq!(
+            IdCapture::new(true).feed(stream, false),
+            Capture::Found("resp_q".into())
+        );
+        let chat = b"data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\"}\n\ndata: [DONE]\n\n";
+        assert_eq!(IdCapture::new(true).feed(chat, true), Capture::GaveUp);
+    }
+
+    #[test]
+    fn limits_bound_the_buffer() {
+        let mut c = IdCapture::new(true);
+        assert_eq!(c.feed(&vec![b'x'; SSE_LIMIT + 1], false), Capture::GaveUp);
+    }
+}
