@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use responses_router::affinity::{AffinityStore, MemoryStore, NoStore};
+use responses_router::affinity::{AffinityStore, MemoryStore, NoStore, RedisStore};
 use responses_router::config::{self, RoutingTable};
 use responses_router::extproc::{self, RouterService, SharedTable, service::Listeners};
 use responses_router::openai::RequestKind;
@@ -172,14 +172,26 @@ async fn serve(config: PathBuf, listen: String, uds: Option<PathBuf>) -> ExitCod
         "responses-router serving ext_proc"
     );
     let affinity = &table.config().affinity;
-    let store: Arc<dyn AffinityStore> = if affinity.learn {
-        Arc::new(MemoryStore::new(
-            affinity.capacity,
-            std::time::Duration::from_secs(affinity.ttl_seconds),
-        ))
-    } else {
-        Arc::new(NoStore)
+    let ttl = std::time::Duration::from_secs(affinity.ttl_seconds);
+    let store: Arc<dyn AffinityStore> = match (affinity.learn, &affinity.redis_url) {
+        (false, _) => Arc::new(NoStore),
+        (true, None) => Arc::new(MemoryStore::new(affinity.capacity, ttl)),
+        (true, Some(url)) => {
+            let local = MemoryStore::new(affinity.capacity, ttl);
+            match RedisStore::new(url, &affinity.redis_key_prefix, local, ttl) {
+                Ok(store) => Arc::new(store),
+                Err(e) => {
+                    eprintln!("affinity.redis_url: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
     };
+    tracing::info!(
+        learn = affinity.learn,
+        shared = affinity.redis_url.is_some(),
+        "affinity store ready"
+    );
     let service = RouterService::new(SharedTable::new(table), store);
     let listeners = Listeners {
         tcp,

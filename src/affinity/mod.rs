@@ -7,8 +7,10 @@
 
 pub mod hash;
 pub mod memory;
+pub mod redis;
 pub mod store;
 
 pub use hash::{Candidate, fnv1a64, rendezvous};
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 pub use store::{AffinityStore, Location, NoStore};

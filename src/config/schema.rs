@@ -50,6 +50,12 @@ pub struct AffinityConfig {
     /// How long an id is remembered, in seconds.
     #[serde(default = "default_ttl")]
     pub ttl_seconds: u64,
+    /// Redis shared by all router replicas (`redis://host:port/db`); unset: this process only.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// Prefix of the Redis keys, so several deployments can share one Redis.
+    #[serde(default = "default_redis_prefix")]
+    pub redis_key_prefix: String,
 }
 
 impl Default for AffinityConfig {
@@ -58,6 +64,8 @@ impl Default for AffinityConfig {
             learn: true,
             capacity: default_capacity(),
             ttl_seconds: default_ttl(),
+            redis_url: None,
+            redis_key_prefix: default_redis_prefix(),
         }
     }
 }
@@ -147,6 +155,10 @@ fn default_true() -> bool {
 
 fn default_capacity() -> usize {
     1_000_000
+}
+
+fn default_redis_prefix() -> String {
+    "responses-router:affinity:".to_owned()
 }
 
 fn default_ttl() -> u64 {

@@ -174,6 +174,17 @@ impl RoutingTable {
             });
         }
 
+        let affinity = &config.affinity;
+        if affinity.capacity == 0 {
+            issue("affinity.capacity".into(), "must be greater than 0".into());
+        }
+        if let Some(Err(e)) = affinity.redis_url.as_deref().map(redis::Client::open) {
+            issue(
+                "affinity.redis_url".into(),
+                format!("not a usable Redis URL: {e}"),
+            );
+        }
+
         if !issues.is_empty() {
             return Err(ConfigError::Invalid(issues));
         }
@@ -331,6 +342,9 @@ models:
     clusters: []
 clusters:
   - name: lonely
+affinity:
+  capacity: 0
+  redis_url: "http://not-redis"
 categories:
   - name: c1
     model: nope
@@ -354,6 +368,8 @@ categories:
             "categories[1].name: duplicate category `c1`",
             "categories[1].patterns[0]: invalid regex \"(unclosed\"",
             "categories[2]: needs at least one keyword or pattern",
+            "affinity.capacity: must be greater than 0",
+            "affinity.redis_url: not a usable Redis URL",
         ] {
             assert!(
                 found.iter().any(|f| f.starts_with(expected)),

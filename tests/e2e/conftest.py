@@ -200,6 +200,60 @@ def stack_without_learning(stack: Stack, tmp_path_factory: pytest.TempPathFactor
         router.stop()
 
 
+@dataclass
+class Replicas:
+    """Two router replicas, each behind its own Envoy, sharing affinity through one Redis."""
+
+    base_urls: list[str]
+    routers: list[Proc]
+    router_argv: list[list[str]]
+    router_env: dict[str, str]
+    workdir: Path
+
+    def restart_router(self, i: int) -> None:
+        """Stops replica i's router and starts a fresh one (empty memory) on the same port."""
+        self.routers[i].stop()
+        port = int(self.router_argv[i][-1].rsplit(":", 1)[1])
+        proc = start_proc(f"router-{'ab'[i]}-restarted", self.router_argv[i], self.workdir, self.router_env)
+        proc.wait_until(lambda: tcp_open(port), STARTUP_TIMEOUT, "gRPC listener")
+        self.routers[i] = proc
+
+
+@pytest.fixture(scope="session")
+def replicas(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
+    """The usual deployment, one router sidecar per Envoy: two of each, in front of the same
+    simulators, sharing learned affinity through a real redis-server."""
+    workdir = tmp_path_factory.mktemp("replicas")
+    binary = _router_binary()
+    redis_port, = free_ports(1)
+    redis = start_proc("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                                 "--save", "", "--appendonly", "no"], workdir)
+    env = {**os.environ, "RUST_BACKTRACE": "1",
+           "RESPONSES_ROUTER__AFFINITY__REDIS_URL": f"redis://127.0.0.1:{redis_port}/"}
+    procs: list[Proc] = [redis]
+    base_urls, routers, argvs = [], [], []
+    try:
+        redis.wait_until(lambda: tcp_open(redis_port), STARTUP_TIMEOUT, "redis port")
+        for name in "ab":
+            ports = {**stack.ports, **dict(zip(("listener", "admin", "router"), free_ports(3)))}
+            argv = [str(binary), "serve", "--config", str(ROUTING_YAML), "--listen", f"127.0.0.1:{ports['router']}"]
+            router = start_proc(f"router-{name}", argv, workdir, env)
+            envoy = start_proc(f"envoy-{name}", envoy_argv(_envoy_binary(),
+                               render_envoy_yaml(workdir / f"envoy-{name}.yaml", ports)), workdir, env)
+            procs += [router, envoy]
+            router.wait_until(lambda p=ports["router"]: tcp_open(p), STARTUP_TIMEOUT, "gRPC listener")
+            wait_envoy_ready(envoy, ports)
+            base_urls.append(f"http://127.0.0.1:{ports['listener']}/v1")
+            routers.append(router)
+            argvs.append(argv)
+        pair = Replicas(base_urls, routers, argvs, env, workdir)
+        yield pair
+        procs += pair.routers  # a restarted router is a new process
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
     """On any failure, print the tail of every stack process's log."""
     if exitstatus == 0 or not _procs:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import openai
 import pytest
@@ -52,45 +53,55 @@ def _create(client: openai.OpenAI, mode: int, **kwargs):
     return client.responses.create(**kwargs)
 
 
-def _conversation(client: openai.OpenAI, c: int) -> tuple[str | None, str | None]:
-    """Runs one conversation; returns (instance that holds it, what went wrong or None)."""
-    previous = None
-    instance = None
+@dataclass
+class Outcome:
+    instance: str | None = None  # the simulator instance that holds the conversation
+    failure: str | None = None  # what went wrong, if anything
+    last: object = None  # the latest Response, to continue from
+
+
+def _conversation(clients: list[openai.OpenAI], c: int, turns: range = range(TURNS),
+                  previous=None) -> Outcome:
+    """Runs turns of conversation c, continuing from `previous`; turn t goes through
+    clients[t % len(clients)] (one client per router replica). After the last turn the
+    conversation's final response is deleted."""
+    out = Outcome(last=previous)
     try:
-        for t in range(TURNS):
+        for t in turns:
+            client = clients[t % len(clients)]
             prompt = PROMPTS[(c + t) % len(PROMPTS)]
             kwargs = {"model": "auto", "input": prompt}
-            if previous is not None:
-                kwargs["previous_response_id"] = previous.id
+            if out.last is not None:
+                kwargs["previous_response_id"] = out.last.id
             response = _create(client, (c + t) % 3, **kwargs)
             match = OUTPUT.match(response.output_text)
             assert match, response.output_text
             assert int(match["turn"]) == t + 1, f"turn {t + 1} saw state of turn {match['turn']}"
-            if instance is None:
-                instance = match["instance"]
-            assert match["instance"] == instance, f"turn {t + 1} on {match['instance']}, state on {instance}"
+            out.instance = out.instance or match["instance"]
+            assert match["instance"] == out.instance, f"turn {t + 1} on {match['instance']}, state on {out.instance}"
             if c % 4 == 0:
                 items = client.responses.input_items.list(response.id)
                 assert items.data, "input_items of a stored response are never empty"
-            previous = response
-        deleted = client.responses.delete(previous.id)
-        assert deleted is None or getattr(deleted, "deleted", True)
-        with pytest.raises(openai.NotFoundError):
-            client.responses.retrieve(previous.id)
+            out.last = response
+        if turns.stop == TURNS:
+            client = clients[0]
+            client.responses.delete(out.last.id)
+            with pytest.raises(openai.NotFoundError):
+                client.responses.retrieve(out.last.id)
     except (AssertionError, openai.APIError) as e:
-        return instance, f"conversation {c}: {type(e).__name__}: {e}"
-    return instance, None
+        out.failure = f"conversation {c}: {type(e).__name__}: {e}"
+    return out
 
 
 def _run(base_url: str, conversations: int) -> tuple[list[str], dict[str, int]]:
     """Runs the conversations concurrently; returns the failures and conversations per instance."""
     with openai.OpenAI(base_url=base_url, api_key="e2e-unused", max_retries=0, timeout=30) as client:
         with ThreadPoolExecutor(WORKERS) as pool:
-            results = list(pool.map(lambda c: _conversation(client, c), range(conversations)))
+            results = list(pool.map(lambda c: _conversation([client], c), range(conversations)))
     per_instance: dict[str, int] = {}
-    for instance, _ in results:
-        per_instance[instance] = per_instance.get(instance, 0) + 1
-    return [f for _, f in results if f], per_instance
+    for r in results:
+        per_instance[r.instance] = per_instance.get(r.instance, 0) + 1
+    return [r.failure for r in results if r.failure], per_instance
 
 
 def test_every_turn_reaches_its_state(stack):
@@ -109,3 +120,24 @@ def test_without_learning_continuations_get_lost(stack_without_learning):
     failures, _ = _run(stack_without_learning.base_url, 40)
     print(f"without learning: {len(failures)} of 40 conversations broke")
     assert len(failures) >= 20, f"only {len(failures)} of 40 conversations broke without learning"
+
+
+def test_replicas_share_affinity_through_redis_and_across_a_restart(replicas):
+    """Turns alternate between two router replicas (each behind its own Envoy) that share what they
+    learn through Redis; after turn 3, one router restarts with empty memory. No turn may lose its
+    state."""
+    conversations = 100
+    clients = [openai.OpenAI(base_url=url, api_key="e2e-unused", max_retries=0, timeout=30)
+               for url in replicas.base_urls]
+    try:
+        with ThreadPoolExecutor(WORKERS) as pool:
+            first = list(pool.map(lambda c: _conversation(clients, c, range(0, 3)), range(conversations)))
+            replicas.restart_router(0)
+            second = list(pool.map(lambda c: _conversation(clients, c, range(3, TURNS), first[c].last),
+                                   range(conversations)))
+    finally:
+        for client in clients:
+            client.close()
+    failures = [a.failure or b.failure for a, b in zip(first, second) if a.failure or b.failure]
+    print(f"two replicas + Redis + restart: {len(failures)} of {conversations} conversations broke")
+    assert not failures, "\n".join(failures[:10])
