@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     ProcessingRequest, ProcessingResponse,
     external_processor_server::{ExternalProcessor, ExternalProcessorServer},
 };
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
 use tonic::{Request, Response, Status, Streaming};
@@ -171,9 +171,17 @@ pub async fn serve(
         .add_service(health)
         .add_service(service.into_server());
     let tcp = listeners.tcp.map(|l| {
+        // Nagle's algorithm against Envoy's delayed ACKs would hold each small reply ~40 ms.
+        let incoming = TcpListenerStream::new(l).map(|conn| {
+            conn.inspect(|c| {
+                if let Err(e) = c.set_nodelay(true) {
+                    tracing::warn!("TCP_NODELAY not set: {e}");
+                }
+            })
+        });
         router
             .clone()
-            .serve_with_incoming_shutdown(TcpListenerStream::new(l), stopped(stop_rx.clone()))
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()))
     });
     let uds = listeners.uds.map(|l| {
         router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stopped(stop_rx.clone()))
