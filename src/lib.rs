@@ -9,6 +9,7 @@
 //! - [`routing`]: the decision — request in, model + upstream + reason out — as plain Rust.
 //! - [`extproc`]: the tonic `ExternalProcessor` service translating Envoy messages to and from it.
 //! - [`simulator`]: the bundled OpenAI-compatible model server used by the demo, tests, benchmarks.
+//! - [`telemetry`]: Prometheus metrics and the admin HTTP port.
 
 pub mod affinity;
 pub mod classify;
@@ -17,3 +18,4 @@ pub mod extproc;
 pub mod openai;
 pub mod routing;
 pub mod simulator;
+pub mod telemetry;

@@ -13,6 +13,7 @@ use responses_router::config::{self, RoutingTable};
 use responses_router::extproc::{self, RouterService, SharedTable, service::Listeners};
 use responses_router::openai::RequestKind;
 use responses_router::routing::{self, RequestMeta};
+use responses_router::telemetry::{self, Metrics};
 
 #[derive(Parser)]
 #[command(
@@ -51,6 +52,13 @@ enum Command {
         /// Unix socket path for gRPC (a sidecar sharing a volume with Envoy).
         #[arg(long, env = "RESPONSES_ROUTER_UDS")]
         uds: Option<PathBuf>,
+        /// HTTP address for /metrics and /healthz (`none` to disable).
+        #[arg(
+            long,
+            env = "RESPONSES_ROUTER_ADMIN_LISTEN",
+            default_value = "127.0.0.1:9090"
+        )]
+        admin_listen: String,
     },
     /// Check a routing YAML; exits non-zero and names every problem.
     Validate {
@@ -86,7 +94,8 @@ async fn main() -> ExitCode {
             config,
             listen,
             uds,
-        } => serve(config, listen, uds).await,
+            admin_listen,
+        } => serve(config, listen, uds, admin_listen).await,
         Command::Validate { config } => validate(&config),
         Command::Explain {
             config,
@@ -127,7 +136,12 @@ fn load(path: &Path) -> Result<RoutingTable, ExitCode> {
     })
 }
 
-async fn serve(config: PathBuf, listen: String, uds: Option<PathBuf>) -> ExitCode {
+async fn serve(
+    config: PathBuf,
+    listen: String,
+    uds: Option<PathBuf>,
+    admin_listen: String,
+) -> ExitCode {
     let table = match load(&config) {
         Ok(t) => t,
         Err(code) => return code,
@@ -192,7 +206,23 @@ async fn serve(config: PathBuf, listen: String, uds: Option<PathBuf>) -> ExitCod
         shared = affinity.redis_url.is_some(),
         "affinity store ready"
     );
-    let service = RouterService::new(SharedTable::new(table), store);
+    let metrics = Arc::new(Metrics::default());
+    if admin_listen != "none" {
+        let listener = match tokio::net::TcpListener::bind(&admin_listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("cannot listen on {admin_listen} (--admin-listen): {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let admin = telemetry::admin::router(Arc::clone(&metrics));
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, admin).await {
+                tracing::error!("admin server failed: {e}");
+            }
+        });
+    }
+    let service = RouterService::new(SharedTable::new(table), store, metrics);
     let listeners = Listeners {
         tcp,
         uds: uds_listener,

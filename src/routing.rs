@@ -49,6 +49,18 @@ impl Reason {
     }
 }
 
+/// How a request naming a state id was placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AffinityOutcome {
+    /// The store knew where the id lives, and the request goes there.
+    Hit,
+    /// The store did not know the id: placed by hash.
+    Miss,
+    /// The store named a cluster the routing YAML no longer has: placed by hash.
+    StaleCluster,
+}
+
 /// A category's score for the explain output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CategoryScore {
@@ -74,6 +86,8 @@ pub struct Decision {
     pub classified_model: Option<String>,
     /// The state the request refers to, if any.
     pub state: Option<StateRef>,
+    /// How a request with a state id was placed.
+    pub affinity: Option<AffinityOutcome>,
     /// The text that was classified (explain only; never logged by default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
@@ -144,6 +158,7 @@ pub fn decide(
         category: None,
         classified_model: None,
         state,
+        affinity: None,
         text: None,
         scores: Vec::new(),
         new_body: None,
@@ -280,6 +295,11 @@ fn place_by_state(
         return Err(ApiError::internal("placing by state without a state id"));
     };
     // A pin to a cluster the current config no longer has is stale: fall back to the hash.
+    decision.affinity = Some(match pinned {
+        None => AffinityOutcome::Miss,
+        Some(p) if table.models_of(&p.cluster).is_empty() => AffinityOutcome::StaleCluster,
+        Some(_) => AffinityOutcome::Hit,
+    });
     if let Some(pin) = pinned.filter(|p| !table.models_of(&p.cluster).is_empty()) {
         let served = table.models_of(&pin.cluster);
         match decision.model.clone() {
@@ -549,6 +569,16 @@ categories:
         };
         let d = run("GET", "/v1/responses/resp_1", "", Some(stale)).unwrap();
         assert_eq!(d.reason, Reason::Hash);
+        assert_eq!(d.affinity, Some(AffinityOutcome::StaleCluster));
+        let d = run("GET", "/v1/responses/resp_1", "", None).unwrap();
+        assert_eq!(d.affinity, Some(AffinityOutcome::Miss));
+        let d = run("GET", "/v1/responses/resp_1", "", Some(pin)).unwrap();
+        assert_eq!(d.affinity, Some(AffinityOutcome::Hit));
+        assert_eq!(
+            post(r#"{"model":"auto","input":"x"}"#).affinity,
+            None,
+            "no state, no outcome"
+        );
     }
 
     #[test]

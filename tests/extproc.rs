@@ -189,6 +189,12 @@ async fn client_errors_are_openai_immediate_responses() {
             String::from_utf8_lossy(payload)
         );
         assert_eq!(json_error(ir)["error"]["code"], code);
+        assert!(
+            router.metrics.encode().contains(&format!(
+                "responses_router_refusals_total{{code=\"{code}\"}}"
+            )),
+            "refusal {code} counted"
+        );
         let ct = ir
             .headers
             .as_ref()
@@ -526,6 +532,7 @@ async fn serves_on_a_unix_socket() {
     let service = RouterService::new(
         SharedTable::new(table),
         Arc::new(responses_router::affinity::NoStore),
+        Arc::new(responses_router::telemetry::Metrics::default()),
     );
     tokio::spawn(serve(
         service,
@@ -709,6 +716,15 @@ async fn learns_from_a_streamed_response_and_routes_the_continuation_there() {
         let expected_host = (served_by == "general-b").then(|| "MTI3LjAuMC4xOjkxMDE=".to_string());
         assert_eq!(v.session_host, expected_host);
     }
+    let text = router.metrics.encode();
+    assert!(
+        text.contains(r#"responses_router_learned_ids_total{source="sse"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"responses_router_affinity_total{outcome="hit"} 2"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -818,4 +834,48 @@ async fn errors_and_stateless_requests_teach_nothing() {
         .await;
     assert!(obs.closed().await);
     assert!(store.is_empty());
+}
+
+#[tokio::test]
+async fn a_continuation_served_by_another_host_than_pinned_is_counted() {
+    let store = Arc::new(responses_router::affinity::MemoryStore::new(
+        10,
+        std::time::Duration::from_secs(60),
+    ));
+    store.put(
+        "resp_p",
+        &Location {
+            cluster: "general-b".into(),
+            host: Some("127.0.0.1:9101".into()),
+        },
+    );
+    let mut router = start_with(LEARNING_YAML, store).await;
+    let mut s = Stream::open(&mut router.client).await;
+    s.send(headers("POST", "/v1/responses", &[], false))
+        .await
+        .unwrap();
+    let reply = s
+        .send(body(
+            br#"{"model":"general-model","previous_response_id":"resp_p","input":"x"}"#,
+            true,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        set_header(body_common(&reply), "x-router-session-host").as_deref(),
+        Some("MTI3LjAuMC4xOjkxMDE=")
+    );
+    // Envoy could not use the pinned host and load-balanced to another one.
+    let attrs = [
+        ("xds.cluster_name", "general-b"),
+        ("upstream.address", "127.0.0.1:9102"),
+    ];
+    s.send_with_attributes(response_headers("404", "application/json"), &attrs)
+        .await
+        .unwrap();
+    let text = router.metrics.encode();
+    assert!(
+        text.contains(r#"responses_router_affinity_total{outcome="moved_host"} 1"#),
+        "{text}"
+    );
 }

@@ -24,6 +24,8 @@ use super::CLUSTER_HEADER;
 use super::envoy::header;
 use crate::affinity::{AffinityStore, Location};
 use crate::openai::RequestKind;
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::LearnSource;
 
 /// Most bytes of SSE read while looking for the first event that names the response.
 const SSE_LIMIT: usize = 64 * 1024;
@@ -148,15 +150,18 @@ pub enum Step {
 /// One observability-mode stream.
 pub struct Observer {
     store: Arc<dyn AffinityStore>,
+    metrics: Arc<Metrics>,
     routed_cluster: Option<String>,
     location: Option<Location>,
     capture: Option<IdCapture>,
 }
 
 impl Observer {
-    pub fn new(store: Arc<dyn AffinityStore>) -> Self {
+    /// An observer recording into `store`.
+    pub fn new(store: Arc<dyn AffinityStore>, metrics: Arc<Metrics>) -> Self {
         Observer {
             store,
+            metrics,
             routed_cluster: None,
             location: None,
             capture: None,
@@ -216,6 +221,7 @@ impl Observer {
                     Capture::Found(id) => {
                         tracing::debug!(%id, cluster = %location.cluster, host = ?location.host, "learned");
                         self.store.record(&id, location.clone()).await;
+                        self.metrics.learned(LearnSource::Sse);
                         Step::Done
                     }
                 }

@@ -17,6 +17,7 @@ use super::observe::{Observer, Step};
 use super::stream::StreamState;
 use crate::affinity::AffinityStore;
 use crate::config::RoutingTable;
+use crate::telemetry::Metrics;
 
 /// The routing table in force, swappable as a whole (hot reload) while streams keep the one they
 /// started with.
@@ -53,12 +54,17 @@ impl SharedTable {
 pub struct RouterService {
     table: SharedTable,
     store: Arc<dyn AffinityStore>,
+    metrics: Arc<Metrics>,
 }
 
 impl RouterService {
-    /// A service routing with `table` and learning affinity into `store`.
-    pub fn new(table: SharedTable, store: Arc<dyn AffinityStore>) -> Self {
-        RouterService { table, store }
+    /// A service routing with `table`, learning affinity into `store`, counting into `metrics`.
+    pub fn new(table: SharedTable, store: Arc<dyn AffinityStore>, metrics: Arc<Metrics>) -> Self {
+        RouterService {
+            table,
+            store,
+            metrics,
+        }
     }
 
     /// The tonic server wrapper, with message limits that fit the largest body the router takes.
@@ -86,8 +92,12 @@ impl ExternalProcessor for RouterService {
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
         let mut inbound = request.into_inner();
-        let store = Arc::clone(&self.store);
-        let mut state = StreamState::new(self.table.current(), Arc::clone(&self.store));
+        let (store, metrics) = (Arc::clone(&self.store), Arc::clone(&self.metrics));
+        let mut state = StreamState::new(
+            self.table.current(),
+            Arc::clone(&self.store),
+            Arc::clone(&self.metrics),
+        );
         // Replies are strictly one per message, so a small channel never holds more than one.
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         tokio::spawn(async move {
@@ -107,7 +117,7 @@ impl ExternalProcessor for RouterService {
                 if message.observability_mode {
                     // The observer filter's stream: learn from it, never answer (Envoy ignores
                     // answers in this mode); dropping `tx` closes it once nothing more is needed.
-                    let mut observer = Observer::new(Arc::clone(&store));
+                    let mut observer = Observer::new(Arc::clone(&store), Arc::clone(&metrics));
                     let mut next = Some(message);
                     while let Some(m) = next.take() {
                         if observer.handle(m).await == Step::Done {

@@ -27,6 +27,8 @@ use crate::affinity::{AffinityStore, Location};
 use crate::config::RoutingTable;
 use crate::openai::{ApiError, RequestKind};
 use crate::routing::{self, Decision, RequestMeta};
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::LearnSource;
 
 /// Envoy sent something the protocol does not allow at this point.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +68,7 @@ struct Buffered {
 pub struct StreamState {
     table: Arc<RoutingTable>,
     store: Arc<dyn AffinityStore>,
+    metrics: Arc<Metrics>,
     phase: Phase,
     learning: Learning,
 }
@@ -74,8 +77,13 @@ pub struct StreamState {
 enum Learning {
     /// The request creates no state, learning is off, or there is nothing (more) to learn.
     Off,
-    /// The request creates state and was routed to this cluster; waiting for response headers.
-    AwaitingResponse { routed_cluster: String },
+    /// Waiting for the response headers of a request routed to `routed_cluster`: to learn the id
+    /// it creates (`learn`), and to notice when it was served by another host than `pinned_host`.
+    AwaitingResponse {
+        routed_cluster: String,
+        pinned_host: Option<String>,
+        learn: bool,
+    },
     /// A 2xx JSON response from `location`: its buffered body holds the id.
     Capturing {
         location: Location,
@@ -85,10 +93,15 @@ enum Learning {
 
 impl StreamState {
     /// A stream routed with `table`, asking `store` about state ids.
-    pub fn new(table: Arc<RoutingTable>, store: Arc<dyn AffinityStore>) -> Self {
+    pub fn new(
+        table: Arc<RoutingTable>,
+        store: Arc<dyn AffinityStore>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         StreamState {
             table,
             store,
+            metrics,
             phase: Phase::AwaitingHeaders,
             learning: Learning::Off,
         }
@@ -177,10 +190,14 @@ impl StreamState {
         match routing::route(&self.table, meta, body, self.store.as_ref()).await {
             Ok(decision) => {
                 self.phase = Phase::Forwarded;
-                let watch = self.learns(&kind);
+                self.metrics.decided(&decision);
+                let learn = self.learns(&kind);
+                let watch = learn || decision.host.is_some();
                 if watch {
                     self.learning = Learning::AwaitingResponse {
                         routed_cluster: decision.cluster.clone(),
+                        pinned_host: decision.host.clone(),
+                        learn,
                     };
                 }
                 Ok(msg::request_headers_reply(
@@ -227,9 +244,14 @@ impl StreamState {
         };
         match routing::route(&self.table, meta, Some(&buffered.body), self.store.as_ref()).await {
             Ok(mut decision) => {
+                self.metrics.decided(&decision);
+                // Response headers were requested on the request headers only for kinds that
+                // create state, so only those can be watched.
                 if self.learns(&buffered.kind) {
                     self.learning = Learning::AwaitingResponse {
                         routed_cluster: decision.cluster.clone(),
+                        pinned_host: decision.host.clone(),
+                        learn: true,
                     };
                 }
                 let new_body = match decision.new_body.take() {
@@ -263,11 +285,23 @@ impl StreamState {
         headers: &HttpHeaders,
         attributes: &HashMap<String, Struct>,
     ) -> ProcessingResponse {
-        let Learning::AwaitingResponse { routed_cluster } =
-            std::mem::replace(&mut self.learning, Learning::Off)
+        let Learning::AwaitingResponse {
+            routed_cluster,
+            pinned_host,
+            learn,
+        } = std::mem::replace(&mut self.learning, Learning::Off)
         else {
             return msg::response_headers_reply(None);
         };
+        let served_by = attribute(attributes, "upstream.address");
+        if pinned_host.is_some() && served_by.is_some() && pinned_host != served_by {
+            // Envoy could not use the pinned host (gone or unhealthy) and load-balanced instead.
+            tracing::debug!(pinned = ?pinned_host, served = ?served_by, "pinned host not used");
+            self.metrics.moved_host();
+        }
+        if !learn {
+            return msg::response_headers_reply(None);
+        }
         let map = headers.headers.as_ref();
         let ok = header(map, ":status").is_some_and(|s| s.starts_with('2'));
         let json = header(map, "content-type").is_some_and(|c| c.contains("json"));
@@ -278,7 +312,7 @@ impl StreamState {
         }
         let location = Location {
             cluster: attribute(attributes, "xds.cluster_name").unwrap_or(routed_cluster),
-            host: attribute(attributes, "upstream.address"),
+            host: served_by,
         };
         self.learning = Learning::Capturing {
             location,
@@ -294,6 +328,7 @@ impl StreamState {
                 Capture::GaveUp => self.learning = Learning::Off,
                 Capture::Found(id) => {
                     self.store.record(&id, location.clone()).await;
+                    self.metrics.learned(LearnSource::Json);
                     self.learning = Learning::Off;
                 }
             }
@@ -302,6 +337,7 @@ impl StreamState {
     }
 
     fn fail(&mut self, error: &ApiError) -> ProcessingResponse {
+        self.metrics.refused(error.code);
         tracing::debug!(
             status = error.status,
             code = error.code,

@@ -40,6 +40,7 @@ categories:
 /// A running router and a client connected to it.
 pub struct Router {
     pub client: ExternalProcessorClient<Channel>,
+    pub metrics: Arc<responses_router::telemetry::Metrics>,
     pub addr: std::net::SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -58,7 +59,8 @@ pub async fn start() -> Router {
 
 pub async fn start_with(yaml: &str, store: Arc<dyn AffinityStore>) -> Router {
     let table = config::from_yaml(yaml).expect("test config is valid");
-    let service = RouterService::new(SharedTable::new(table), store);
+    let metrics = Arc::new(responses_router::telemetry::Metrics::default());
+    let service = RouterService::new(SharedTable::new(table), store, metrics.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -77,6 +79,7 @@ pub async fn start_with(yaml: &str, store: Arc<dyn AffinityStore>) -> Router {
         .unwrap();
     Router {
         client,
+        metrics,
         addr,
         stop: Some(stop),
     }

@@ -59,6 +59,7 @@ class Stack:
     sim_urls: dict[str, str]  # instance name -> simulator root URL (bypassing Envoy)
     ports: dict[str, int]
     procs: dict[str, Proc] = field(default_factory=dict)
+    router_admin_port: int = 0  # the router's /metrics and /healthz
 
 
 def _router_binary() -> Path:
@@ -154,9 +155,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             if name == "sim-code":
                 argv += ["--chunk-delay-ms", str(CODE_CHUNK_DELAY_MS), "--stream-chunks", str(CODE_STREAM_CHUNKS)]
             s.procs[name] = start(name, argv)
+        s.router_admin_port, = free_ports(1)
         s.procs["router"] = start(
             "router",
-            [str(binary), "serve", "--config", str(ROUTING_YAML), "--listen", f"127.0.0.1:{ports['router']}"],
+            [str(binary), "serve", "--config", str(ROUTING_YAML), "--listen", f"127.0.0.1:{ports['router']}",
+             "--admin-listen", f"127.0.0.1:{s.router_admin_port}"],
         )
         s.procs["envoy"] = start("envoy", envoy_argv(envoy, envoy_yaml))
         for name, (key, _) in SIMULATORS.items():
@@ -182,7 +185,8 @@ def stack_without_learning(stack: Stack, tmp_path_factory: pytest.TempPathFactor
     envoy_yaml = render_envoy_yaml(workdir / "envoy.yaml", ports)
     env = {**os.environ, "RUST_BACKTRACE": "1", "RESPONSES_ROUTER__AFFINITY__LEARN": "false"}
     router = start_proc("router-no-learning", [str(binary), "serve", "--config", str(ROUTING_YAML),
-                                               "--listen", f"127.0.0.1:{ports['router']}"], workdir, env)
+                                               "--listen", f"127.0.0.1:{ports['router']}",
+                                               "--admin-listen", "none"], workdir, env)
     envoy = start_proc("envoy-no-learning", envoy_argv(_envoy_binary(), envoy_yaml), workdir, env)
     try:
         router.wait_until(lambda: tcp_open(ports["router"]), STARTUP_TIMEOUT, "gRPC listener")
@@ -236,7 +240,8 @@ def replicas(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         redis.wait_until(lambda: tcp_open(redis_port), STARTUP_TIMEOUT, "redis port")
         for name in "ab":
             ports = {**stack.ports, **dict(zip(("listener", "admin", "router"), free_ports(3)))}
-            argv = [str(binary), "serve", "--config", str(ROUTING_YAML), "--listen", f"127.0.0.1:{ports['router']}"]
+            argv = [str(binary), "serve", "--config", str(ROUTING_YAML), "--admin-listen", "none",
+                    "--listen", f"127.0.0.1:{ports['router']}"]
             router = start_proc(f"router-{name}", argv, workdir, env)
             envoy = start_proc(f"envoy-{name}", envoy_argv(_envoy_binary(),
                                render_envoy_yaml(workdir / f"envoy-{name}.yaml", ports)), workdir, env)

@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import httpx
 import openai
 import pytest
 
@@ -114,6 +115,21 @@ def test_every_turn_reaches_its_state(stack):
         assert per_instance.get(instance, 0) >= 10, per_instance
 
 
+def test_router_metrics_show_what_was_learned_and_used(stack):
+    """The router's /metrics (admin port) after the conversations above: ids learned from JSON
+    answers and from streams, and continuations placed by learned affinity."""
+    text = httpx.get(f"http://127.0.0.1:{stack.router_admin_port}/metrics", timeout=5).text
+    counters = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            counters[name] = float(value)
+    assert counters.get('responses_router_learned_ids_total{source="json"}', 0) >= CONVERSATIONS, counters
+    assert counters.get('responses_router_learned_ids_total{source="sse"}', 0) >= CONVERSATIONS, counters
+    assert counters.get('responses_router_affinity_total{outcome="hit"}', 0) >= CONVERSATIONS * (TURNS - 1), counters
+    assert text.endswith("# EOF\n")
+
+
 def test_without_learning_continuations_get_lost(stack_without_learning):
     # The control group: the same workload with learning off must lose state, or the test above
     # would pass whether or not the router learns anything.
@@ -141,3 +157,25 @@ def test_replicas_share_affinity_through_redis_and_across_a_restart(replicas):
     failures = [a.failure or b.failure for a, b in zip(first, second) if a.failure or b.failure]
     print(f"two replicas + Redis + restart: {len(failures)} of {conversations} conversations broke")
     assert not failures, "\n".join(failures[:10])
+
+
+def test_conversation_objects_stay_where_they_were_created(client):
+    """`POST /v1/conversations` creates state on one backend: its id is learned like a response id,
+    so responses with `conversation`, and every /v1/conversations/{id} path, go back there."""
+    for c in range(12):
+        conversation = client.conversations.create(metadata={"n": str(c)})
+        instance = None
+        for t in range(3):
+            response = client.responses.create(model="auto", input=PROMPTS[(c + t) % len(PROMPTS)],
+                                               conversation=conversation.id)
+            match = OUTPUT.match(response.output_text)
+            assert match, response.output_text
+            instance = instance or match["instance"]
+            assert match["instance"] == instance, f"turn {t + 1} on {match['instance']}, conversation on {instance}"
+            assert int(match["turn"]) == t + 1, response.output_text
+        items = client.conversations.items.list(conversation.id)
+        assert len(items.data) >= 6, "each turn adds the user input and the reply"
+        assert client.conversations.retrieve(conversation.id).id == conversation.id
+        client.conversations.delete(conversation.id)
+        with pytest.raises(openai.NotFoundError):
+            client.conversations.retrieve(conversation.id)
