@@ -1,4 +1,5 @@
-//! The gRPC service Envoy calls, and the servers that expose it on TCP and a Unix socket.
+//! The gRPC service Envoy calls (routing streams and observer streams), and the servers that expose
+//! it on TCP and a Unix socket.
 
 use std::path::PathBuf;
 use std::pin::Pin;

@@ -2,19 +2,19 @@
 //!
 //! Envoy sends the request's phases in order and waits for exactly one reply of the matching kind
 //! to each. The machine buffers the body only for kinds whose route depends on it, decides once,
-//! and answers every later message with a plain "continue". A message that breaks the protocol
-//! (body before headers, headers twice, anything after an error reply) ends the stream with a gRPC
-//! error instead of a guess, and Envoy applies its configured failure mode.
+//! and answers every later message with a plain "continue" — except that for requests creating
+//! state it also watches the response headers and reads a JSON answer's id (see `observe`). A
+//! message that breaks the protocol (body before headers, headers twice, anything after an error
+//! reply) ends the stream with a gRPC error instead of a guess, and Envoy applies its configured
+//! failure mode.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     HeaderMutation, HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
     processing_request::Request,
 };
-
-use std::collections::HashMap;
-
 use envoy_types::pb::google::protobuf::Struct;
 
 use super::envoy::{self as msg, header};
@@ -73,7 +73,8 @@ pub struct StreamState {
     learning: Learning,
 }
 
-/// Learning the id a JSON response creates (SSE responses are left to the observer filter).
+/// Watching the response: to learn the id a JSON answer creates (SSE is left to the observer
+/// filter), and to notice a pinned host that was not used.
 enum Learning {
     /// The request creates no state, learning is off, or there is nothing (more) to learn.
     Off,
