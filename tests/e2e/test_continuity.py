@@ -179,3 +179,17 @@ def test_conversation_objects_stay_where_they_were_created(client):
         client.conversations.delete(conversation.id)
         with pytest.raises(openai.NotFoundError):
             client.conversations.retrieve(conversation.id)
+
+
+def test_compaction_results_are_learned_too(client):
+    """`/v1/responses/compact` creates a stored response of its own; a conversation continued from
+    it must reach the instance that holds it."""
+    for c in range(12):
+        first = client.responses.create(model="auto", input=PROMPTS[c % len(PROMPTS)])
+        instance = OUTPUT.match(first.output_text)["instance"]
+        compacted = client.responses.compact(model=first.model, previous_response_id=first.id)
+        follow = client.responses.create(model="auto", input=PROMPTS[(c + 1) % len(PROMPTS)],
+                                         previous_response_id=compacted.id)
+        match = OUTPUT.match(follow.output_text)
+        assert match and match["instance"] == instance, (instance, follow.output_text)
+        assert int(match["turn"]) == 2, follow.output_text
