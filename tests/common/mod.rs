@@ -104,19 +104,7 @@ impl Stream {
 
     /// Sends one message and returns the router's reply to it.
     pub async fn send(&mut self, request: Request) -> Result<ProcessingResponse, tonic::Status> {
-        self.tx
-            .send(ProcessingRequest {
-                request: Some(request),
-                ..Default::default()
-            })
-            .await
-            .expect("router closed the stream");
-        match tokio::time::timeout(std::time::Duration::from_secs(5), self.rx.message()).await {
-            Ok(Ok(Some(reply))) => Ok(reply),
-            Ok(Ok(None)) => Err(tonic::Status::aborted("stream closed without a reply")),
-            Ok(Err(status)) => Err(status),
-            Err(_) => panic!("no reply within 5 s"),
-        }
+        self.send_with_attributes(request, &[]).await
     }
 
     /// Sends a message carrying Envoy attributes (as with `response_attributes`) and returns the reply.
