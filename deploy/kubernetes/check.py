@@ -1,0 +1,385 @@
+"""Checks what `kubectl kustomize` renders for each kustomization (run by scripts/k8s-check).
+
+    python check.py --kubectl K --envoy E --router R [--k8s-version V]... DIR...
+
+For every DIR (a kustomization, relative to deploy/kubernetes/):
+  1. `kubectl kustomize DIR` renders;
+  2. every object validates, strictly (unknown fields are errors), against the Kubernetes JSON
+     schemas of each --k8s-version (kubernetes-validate);
+  3. the Envoy config inside the rendered ConfigMap passes `envoy --mode validate`, started with the
+     very flags the rendered Deployment gives Envoy;
+  4. the routing config inside the rendered ConfigMap passes `responses-router validate`, with the
+     environment the Deployment gives the router (RESPONSES_ROUTER__* overrides, e.g. the Redis
+     URL), and every flag the Deployments give the binary (`serve`, `simulate`) is one it has;
+  5. the objects fit together: what the schemas cannot see. Every pod runs under the restricted
+     Pod Security Standard with requests, limits and probes on every container; ConfigMap volumes,
+     Service selectors and ports, the HPA's target and the PDB's selector all point at something
+     rendered; every cluster the routing config names is one of Envoy's model-server clusters, and
+     a `pin_host` cluster whose Service is in the output is headless.
+
+Needs PyYAML and kubernetes-validate (both in the project's .venv). Prints one line per
+kustomization, or every problem found, and exits 1 on any problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import kubernetes_validate
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ENVOY_CONTAINER = "envoy"
+ROUTER_CONTAINER = "router"
+
+
+class Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, message: str) -> None:
+        self.items.append(message)
+
+
+def run(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+
+
+def container_env(container: dict) -> dict[str, str]:
+    """This process's environment without RESPONSES_ROUTER_* variables, plus the container's
+    literal `env` values (those from Secrets or fields cannot be known here)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESPONSES_ROUTER")}
+    env.update({e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e})
+    return env
+
+
+def indent(result: subprocess.CompletedProcess[str], last: int = 30) -> str:
+    """A command's output (its last lines), indented under the problem it belongs to."""
+    lines = (result.stdout + result.stderr).strip().splitlines()[-last:]
+    return "\n".join(f"      {line}" for line in lines)
+
+
+def kind_name(obj: dict) -> str:
+    return f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+
+
+def pod_templates(objects: list[dict]) -> list[tuple[dict, dict]]:
+    """(workload, pod template) for every object that has one."""
+    return [
+        (o, o["spec"]["template"])
+        for o in objects
+        if o.get("kind") in {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}
+    ]
+
+
+def all_containers(pod_spec: dict) -> list[dict]:
+    return list(pod_spec.get("initContainers", [])) + list(pod_spec.get("containers", []))
+
+
+def container_port_names(templates: list[dict]) -> set[str]:
+    return {port.get("name") for t in templates for c in all_containers(t["spec"]) for port in c.get("ports", [])}
+
+
+def labels_match(selector: dict, labels: dict) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def validate_schemas(objects: list[dict], versions: list[str], p: Problems) -> None:
+    for obj in objects:
+        for version in versions:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                path = ".".join(str(x) for x in e.path)
+                p.add(f"{kind_name(obj)}: not valid for Kubernetes {version}: {path}: {e.message}")
+            except kubernetes_validate.SchemaNotFoundError as e:
+                p.add(f"{kind_name(obj)}: no Kubernetes {version} schema: {e.message}")
+
+
+def check_pod_security(objects: list[dict], p: Problems) -> None:
+    """The restricted Pod Security Standard, plus what the issue asks of every container."""
+    for workload, template in pod_templates(objects):
+        spec = template["spec"]
+        where = kind_name(workload)
+        psc = spec.get("securityContext", {})
+        if psc.get("runAsNonRoot") is not True:
+            p.add(f"{where}: pod securityContext.runAsNonRoot is not true")
+        if psc.get("runAsUser") == 0:
+            p.add(f"{where}: pod runs as uid 0")
+        if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+            p.add(f"{where}: pod seccompProfile is not RuntimeDefault")
+        for key in ("hostNetwork", "hostPID", "hostIPC"):
+            if spec.get(key):
+                p.add(f"{where}: {key} is set")
+        for volume in spec.get("volumes", []):
+            if "hostPath" in volume:
+                p.add(f"{where}: volume {volume['name']} is a hostPath")
+        for c in all_containers(spec):
+            cw = f"{where} container {c['name']}"
+            sc = c.get("securityContext", {})
+            if sc.get("allowPrivilegeEscalation") is not False:
+                p.add(f"{cw}: allowPrivilegeEscalation is not false")
+            if sc.get("readOnlyRootFilesystem") is not True:
+                p.add(f"{cw}: readOnlyRootFilesystem is not true")
+            if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+                p.add(f"{cw}: capabilities.drop is not [ALL]")
+            if sc.get("capabilities", {}).get("add"):
+                p.add(f"{cw}: adds capabilities")
+            if sc.get("privileged"):
+                p.add(f"{cw}: privileged")
+            if sc.get("runAsUser") == 0 or sc.get("runAsNonRoot") is False:
+                p.add(f"{cw}: may run as root")
+            resources = c.get("resources", {})
+            for kind in ("requests", "limits"):
+                for res in ("cpu", "memory"):
+                    if res not in resources.get(kind, {}):
+                        p.add(f"{cw}: no resources.{kind}.{res}")
+            is_sidecar = c.get("restartPolicy") == "Always"
+            if c in spec.get("containers", []) or is_sidecar:
+                for probe in ("readinessProbe", "livenessProbe"):
+                    if probe not in c:
+                        p.add(f"{cw}: no {probe}")
+            image = c.get("image", "")
+            if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
+                p.add(f"{cw}: image {image!r} has no pinned tag")
+
+
+def check_references(objects: list[dict], p: Problems) -> None:
+    by_kind: dict[str, dict[str, dict]] = {}
+    for obj in objects:
+        by_kind.setdefault(obj["kind"], {})[obj["metadata"]["name"]] = obj
+    templates = pod_templates(objects)
+
+    for workload, template in templates:
+        for volume in template["spec"].get("volumes", []):
+            ref = volume.get("configMap", {}).get("name")
+            if ref and ref not in by_kind.get("ConfigMap", {}):
+                p.add(f"{kind_name(workload)}: volume {volume['name']} names a missing ConfigMap {ref}")
+
+    for svc in by_kind.get("Service", {}).values():
+        selector = svc["spec"].get("selector", {})
+        pods = [t for _, t in templates if labels_match(selector, t["metadata"].get("labels", {}))]
+        if not pods:
+            p.add(f"{kind_name(svc)}: selector {selector} matches no pod template")
+            continue
+        port_names = container_port_names(pods)
+        for port in svc["spec"].get("ports", []):
+            target = port.get("targetPort")
+            if isinstance(target, str) and target not in port_names:
+                p.add(f"{kind_name(svc)}: targetPort {target} is no container port of its pods")
+
+    for hpa in by_kind.get("HorizontalPodAutoscaler", {}).values():
+        ref = hpa["spec"]["scaleTargetRef"]
+        target = by_kind.get(ref["kind"], {}).get(ref["name"])
+        if target is None:
+            p.add(f"{kind_name(hpa)}: scales a missing {ref['kind']}/{ref['name']}")
+            continue
+        names = {c["name"] for c in target["spec"]["template"]["spec"].get("containers", [])}
+        for metric in hpa["spec"].get("metrics", []):
+            container = metric.get("containerResource", {}).get("container")
+            if container and container not in names:
+                p.add(f"{kind_name(hpa)}: metric on container {container}, which {ref['name']} does not run")
+
+    for kind in ("PodDisruptionBudget", "NetworkPolicy"):
+        for obj in by_kind.get(kind, {}).values():
+            spec = obj["spec"]
+            selector = (spec.get("selector") or spec.get("podSelector") or {}).get("matchLabels", {})
+            pods = [t for _, t in templates if labels_match(selector, t["metadata"].get("labels", {}))]
+            if not pods:
+                p.add(f"{kind_name(obj)}: selector {selector} matches no pod template")
+                continue
+            port_names = container_port_names(pods)
+            for rule in obj["spec"].get("ingress", []):
+                for port in rule.get("ports", []):
+                    if isinstance(port.get("port"), str) and port["port"] not in port_names:
+                        p.add(f"{kind_name(obj)}: port {port['port']} is no container port of its pods")
+
+
+def config_file(template: dict, container: dict, objects: list[dict], path: str) -> str | None:
+    """The content of `path` as the container sees it: from the ConfigMap volume mounted there."""
+    volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        if not path.startswith(prefix):
+            continue
+        ref = volumes.get(mount["name"], {}).get("configMap", {}).get("name")
+        for obj in objects:
+            if obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == ref:
+                return obj.get("data", {}).get(path[len(prefix) :])
+    return None
+
+
+def flags_of(args: list[str]) -> list[str]:
+    return [a.split("=", 1)[0] for a in args if a.startswith("--")]
+
+
+def check_programs(objects: list[dict], envoy: str, router: str, workdir: Path, p: Problems) -> int:
+    """Runs envoy --mode validate and responses-router validate on the configs the pods get."""
+    help_cache: dict[str, str] = {}
+
+    def router_help(sub: str) -> str:
+        if sub not in help_cache:
+            help_cache[sub] = run([router, sub, "--help"]).stdout
+        return help_cache[sub]
+
+    gateways = 0
+    for workload, template in pod_templates(objects):
+        where = kind_name(workload)
+        for c in all_containers(template["spec"]):
+            args = [str(a) for a in c.get("args", [])]
+            if c["name"] == ENVOY_CONTAINER:
+                gateways += 1
+                if "--config-path" not in args:
+                    p.add(f"{where}: envoy has no --config-path argument")
+                    continue
+                path = args[args.index("--config-path") + 1]
+                text = config_file(template, c, objects, path)
+                if text is None:
+                    p.add(f"{where}: envoy's {path} comes from no ConfigMap")
+                    continue
+                local = workdir / f"{workload['metadata']['name']}-envoy.yaml"
+                local.write_text(text)
+                argv = [envoy, "--mode", "validate"] + [str(local) if a == path else a for a in args]
+                result = run(argv)
+                if result.returncode != 0:
+                    p.add(f"{where}: `{shlex.join(argv)}` failed:\n{indent(result, 6)}")
+                check_clusters(workload, template, objects, text, p)
+            elif args and args[0] in ("serve", "simulate"):
+                sub = args[0]
+                known = set(re.findall(r"--[a-z][a-z0-9-]*", router_help(sub)))
+                for flag in flags_of(args[1:]):
+                    if flag not in known:
+                        p.add(f"{where} container {c['name']}: `responses-router {sub}` has no flag {flag}")
+                if sub == "serve":
+                    if "--config" not in args:
+                        p.add(f"{where}: the router has no --config argument")
+                        continue
+                    path = args[args.index("--config") + 1]
+                    text = config_file(template, c, objects, path)
+                    if text is None:
+                        p.add(f"{where}: the router's {path} comes from no ConfigMap")
+                        continue
+                    local = workdir / f"{workload['metadata']['name']}-routing.yaml"
+                    local.write_text(text)
+                    # With the container's environment: RESPONSES_ROUTER__* override the file.
+                    result = run([router, "validate", "--config", str(local)], container_env(c))
+                    if result.returncode != 0:
+                        p.add(f"{where}: responses-router validate failed:\n{indent(result)}")
+    return gateways
+
+
+def check_clusters(workload: dict, template: dict, objects: list[dict], envoy_text: str, p: Problems) -> None:
+    """Every cluster the routing config names is an Envoy cluster; pinned clusters are headless."""
+    router = next((c for c in all_containers(template["spec"]) if c["name"] == ROUTER_CONTAINER), None)
+    if router is None:
+        p.add(f"{kind_name(workload)}: no `{ROUTER_CONTAINER}` container next to envoy")
+        return
+    args = [str(a) for a in router.get("args", [])]
+    if "--config" not in args:
+        return  # reported by check_programs
+    routing_text = config_file(template, router, objects, args[args.index("--config") + 1])
+    if routing_text is None:
+        return  # reported by check_programs
+    routing = yaml.safe_load(routing_text)
+    envoy = yaml.safe_load(envoy_text)
+    clusters = {c["name"]: c for c in envoy["static_resources"]["clusters"]}
+    pinned = {c["name"] for c in routing.get("clusters", []) if c.get("pin_host")}
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+    namespace = workload["metadata"].get("namespace")
+    for model in routing.get("models", []):
+        for ref in model.get("clusters", []):
+            name = ref["name"]
+            if name not in clusters:
+                p.add(f"routing config: model {model['name']} uses cluster {name}, which Envoy lacks")
+                continue
+            if clusters[name].get("type") != "STRICT_DNS":
+                # e.g. responses_router or envoy_admin: in the pod, never a model server.
+                p.add(f"routing config: model {model['name']} uses cluster {name}, no model-server cluster")
+                continue
+            for lb in clusters[name]["load_assignment"]["endpoints"]:
+                for ep in lb["lb_endpoints"]:
+                    sock = ep["endpoint"]["address"]["socket_address"]
+                    labels = str(sock["address"]).split(".")
+                    # `svc`, or `svc.ns[.svc...]` naming this output's namespace.
+                    if len(labels) > 1 and labels[1] != namespace:
+                        continue
+                    svc = services.get(labels[0])
+                    if svc is None:
+                        continue
+                    if sock["port_value"] not in {port["port"] for port in svc["spec"]["ports"]}:
+                        p.add(f"Envoy cluster {name}: Service {labels[0]} has no port {sock['port_value']}")
+                    if name in pinned and svc["spec"].get("clusterIP") != "None":
+                        p.add(
+                            f"Envoy cluster {name} has pin_host: true but Service {labels[0]} is not headless "
+                            "(clusterIP: None): Envoy would see one address, not the pods"
+                        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kubectl", required=True)
+    parser.add_argument("--envoy", required=True)
+    parser.add_argument("--router", required=True)
+    parser.add_argument("--k8s-version", action="append", required=True, dest="versions")
+    parser.add_argument("--self-contained", action="append", default=[],
+                        help="a kustomization whose every model-server Service must be in its own output")
+    parser.add_argument("dirs", nargs="+")
+    opts = parser.parse_args()
+
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="k8s-check-") as tmp:
+        for d in opts.dirs:
+            p = Problems()
+            rendered = run([opts.kubectl, "kustomize", str(HERE / d)])
+            if rendered.returncode != 0:
+                p.add(f"kubectl kustomize failed:\n{indent(rendered)}")
+                objects = []
+            else:
+                objects = [o for o in yaml.safe_load_all(rendered.stdout) if o]
+                validate_schemas(objects, opts.versions, p)
+                check_pod_security(objects, p)
+                check_references(objects, p)
+                workdir = Path(tmp) / d.replace("/", "_")
+                workdir.mkdir()
+                if check_programs(objects, opts.envoy, opts.router, workdir, p) == 0:
+                    p.add("no Deployment runs an `envoy` container")
+                if d in opts.self_contained:
+                    check_self_contained(objects, p)
+            if p.items:
+                failed = True
+                print(f"FAIL {d}:", file=sys.stderr)
+                for item in p.items:
+                    print(f"  - {item}", file=sys.stderr)
+            else:
+                kinds = sorted({o["kind"] for o in objects})
+                print(f"ok  {d}: {len(objects)} objects ({', '.join(kinds)}); "
+                      f"schemas {', '.join(opts.versions)}; envoy and routing configs valid")
+    return 1 if failed else 0
+
+
+def check_self_contained(objects: list[dict], p: Problems) -> None:
+    """Every model-server address of the Envoy config is a Service of this output."""
+    services = {o["metadata"]["name"] for o in objects if o["kind"] == "Service"}
+    for obj in objects:
+        if obj["kind"] != "ConfigMap" or "envoy.yaml" not in obj.get("data", {}):
+            continue
+        envoy = yaml.safe_load(obj["data"]["envoy.yaml"])
+        for cluster in envoy["static_resources"]["clusters"]:
+            if cluster.get("type") != "STRICT_DNS":
+                continue
+            for lb in cluster["load_assignment"]["endpoints"]:
+                for ep in lb["lb_endpoints"]:
+                    address = ep["endpoint"]["address"]["socket_address"]["address"]
+                    if address.split(".")[0] not in services:
+                        p.add(f"Envoy cluster {cluster['name']}: {address} is no Service of this kustomization")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

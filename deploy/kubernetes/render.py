@@ -1,0 +1,382 @@
+#!/usr/bin/env python3
+"""Render the Kubernetes copies of deploy/envoy.yaml and deploy/routing.yaml.
+
+    python3 deploy/kubernetes/render.py           write every rendered file
+    python3 deploy/kubernetes/render.py --check   write nothing; exit 1 (with a diff) if one is stale
+
+deploy/envoy.yaml and deploy/routing.yaml stay the single source of truth (the local stack and the
+end-to-end tests run them). Kustomize reads files only inside a kustomization's own directory, so
+the kustomizations get generated copies, which scripts/k8s-check re-renders and compares:
+
+  base/routing.yaml               deploy/routing.yaml, byte for byte, under a "generated" header
+  DIR/envoy.yaml for each         deploy/envoy.yaml with the Kubernetes differences below, the
+  DIR/upstreams.ini               model-server addresses taken from DIR/upstreams.ini
+
+The Kubernetes differences (each marked `k8s:` in the output; everything else is kept as written,
+comments included):
+
+  - listeners bind 0.0.0.0 instead of 127.0.0.1: the Service sends traffic to the pod's IP;
+  - every model-server cluster becomes STRICT_DNS on the Service named in upstreams.ini: Envoy
+    uses every address the name resolves to as a host, so a headless Service (one address per
+    ready pod) lets the stateful_session filter pin a conversation to its pod;
+  - the router cluster is kept as is (127.0.0.1:50051): the router is a sidecar in the same pod;
+  - a `probes` listener on 0.0.0.0:9902 forwards GET /ready (kubelet's readiness probe) and
+    GET /stats/prometheus to the admin interface, which stays on loopback.
+
+Only the Python standard library is used, and the edits are line-based with exact anchors: a
+change to deploy/envoy.yaml that moves an anchor makes this script fail loudly, never guess.
+"""
+
+from __future__ import annotations
+
+import configparser
+import difflib
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent  # deploy/kubernetes
+DEPLOY = HERE.parent  # deploy
+ENVOY_SOURCE = DEPLOY / "envoy.yaml"
+ROUTING_SOURCE = DEPLOY / "routing.yaml"
+ROUTING_COPY = HERE / "base" / "routing.yaml"
+
+# Clusters of deploy/envoy.yaml that are in the pod itself and keep their loopback address.
+IN_POD_CLUSTERS = {"responses_router"}
+# The listener kubelet probes (GET /ready) and Prometheus scrapes (GET /stats/prometheus).
+PROBE_PORT = 9902
+ADMIN_CLUSTER = "envoy_admin"
+
+
+class RenderError(Exception):
+    pass
+
+
+def rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(DEPLOY.parent))
+    except ValueError:
+        return str(path)
+
+
+def read_upstreams(path: Path) -> dict[str, tuple[str, int]]:
+    """upstreams.ini: one [cluster] section per model-server cluster, with `address` and `port`."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(path.read_text(), source=str(path))
+    upstreams: dict[str, tuple[str, int]] = {}
+    for name in parser.sections():
+        section = parser[name]
+        unknown = set(section) - {"address", "port"}
+        if unknown:
+            raise RenderError(f"{rel(path)} [{name}]: unknown keys {sorted(unknown)} (only address, port)")
+        address = section.get("address", "").strip()
+        # A DNS name (or IP) Envoy can resolve: letters, digits, '-', '.'; no scheme, no port.
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", address):
+            raise RenderError(f"{rel(path)} [{name}]: address {address!r} is not a DNS name")
+        port = section.get("port", "").strip()
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise RenderError(f"{rel(path)} [{name}]: port {port!r} is not a port number")
+        upstreams[name] = (address, int(port))
+    if not upstreams:
+        raise RenderError(f"{rel(path)}: no [cluster] sections")
+    return upstreams
+
+
+def indent_of(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def index_of(lines: list[str], text: str) -> int:
+    """The index of the one line equal to `text` (without its newline)."""
+    found = [i for i, line in enumerate(lines) if line.rstrip("\n") == text]
+    if len(found) != 1:
+        raise RenderError(f"{rel(ENVOY_SOURCE)}: expected exactly one line {text!r}, found {len(found)}")
+    return found[0]
+
+
+def split_items(lines: list[str], source_what: str) -> list[tuple[str, list[str]]]:
+    """Splits a `  - name: X` list into (name, lines); comments just above an item belong to it."""
+    items: list[tuple[str, list[str]]] = []
+    pending: list[str] = []
+    for line in lines:
+        m = re.match(r"^  - name: (\S+)\s*$", line)
+        if m:
+            items.append((m.group(1), pending + [line]))
+            pending = []
+        elif items and not (indent_of(line) <= 2 and line.lstrip().startswith("#")):
+            items[-1][1].extend(pending + [line])
+            pending = []
+        else:
+            pending.append(line)
+    if not items:
+        raise RenderError(f"{rel(ENVOY_SOURCE)}: no `  - name:` items under {source_what}")
+    if any(line.strip() for line in pending):
+        raise RenderError(f"{rel(ENVOY_SOURCE)}: trailing comment under {source_what} belongs to no item")
+    items[-1][1].extend(pending)
+    return items
+
+
+LOOPBACK_ADDRESS = re.compile(r"^(\s*)socket_address: \{ address: 127\.0\.0\.1, port_value: (\d+) \}\s*$")
+
+
+def expose_listener(name: str, lines: list[str]) -> list[str]:
+    """The listener's own address (its first socket_address) on 0.0.0.0; its comment replaced."""
+    for i, line in enumerate(lines):
+        m = LOOPBACK_ADDRESS.match(line)
+        if m:
+            pad, port = m.groups()
+            start = i
+            above = lines[start - 1] if start > 0 else ""
+            while above.lstrip().startswith("#") and indent_of(above) == len(pad):
+                start -= 1
+                above = lines[start - 1] if start > 0 else ""
+            return lines[:start] + [
+                f"{pad}# k8s: all pod addresses, so the Service (and kubelet) reach it; only the pod's\n",
+                f"{pad}# ports named in the NetworkPolicy are open to other pods.\n",
+                f"{pad}socket_address: {{ address: 0.0.0.0, port_value: {port} }}\n",
+            ] + lines[i + 1 :]
+    raise RenderError(f"{rel(ENVOY_SOURCE)}: listener {name}: no loopback `socket_address` line")
+
+
+def dns_cluster(name: str, lines: list[str], address: str, port: int, source: Path) -> list[str]:
+    """A STATIC model-server cluster as STRICT_DNS on one Kubernetes Service name."""
+    types = [i for i, line in enumerate(lines) if line.rstrip("\n") == "    type: STATIC"]
+    if len(types) != 1:
+        raise RenderError(f"{rel(ENVOY_SOURCE)}: cluster {name}: expected one `    type: STATIC` line")
+    starts = [i for i, line in enumerate(lines) if line.rstrip("\n") == "    load_assignment:"]
+    if len(starts) != 1:
+        raise RenderError(f"{rel(ENVOY_SOURCE)}: cluster {name}: expected one `    load_assignment:` line")
+    start = starts[0]
+    end = start + 1
+    while end < len(lines) and (not lines[end].strip() or indent_of(lines[end]) > 4):
+        end += 1
+    while end > start + 1 and not lines[end - 1].strip():  # keep blank lines after the block
+        end -= 1
+    if f"cluster_name: {name}\n" not in {line.lstrip(" ") for line in lines[start:end]}:
+        raise RenderError(f"{rel(ENVOY_SOURCE)}: cluster {name}: no `cluster_name: {name}` in load_assignment")
+    endpoint = [
+        "    load_assignment:\n",
+        f"      cluster_name: {name}\n",
+        "      endpoints:\n",
+        "      - lb_endpoints:\n",
+        "        - endpoint:\n",
+        "            address:\n",
+        f"              # k8s: the Service named in {source.parent.name}/{source.name}.\n",
+        f"              socket_address: {{ address: {address}, port_value: {port} }}\n",
+    ]
+    dns = [
+        "    # k8s: STRICT_DNS re-resolves the Service name (every 5 s, Envoy's default) and keeps one\n",
+        "    # host per address: one for a ClusterIP Service, one per ready pod for a headless Service.\n",
+        "    type: STRICT_DNS\n",
+        "    dns_lookup_family: V4_PREFERRED\n",
+    ]
+    t = types[0]
+    if start <= t < end:
+        raise RenderError(f"{rel(ENVOY_SOURCE)}: cluster {name}: `type:` inside load_assignment")
+    out = list(lines)
+    # The later block first, so the earlier one's indexes still hold.
+    for (a, b), new in sorted([((start, end), endpoint), ((t, t + 1), dns)], reverse=True):
+        out[a:b] = new
+    return out
+
+
+def probe_listener(admin_port: int) -> list[str]:
+    text = f"""\
+  # k8s: kubelet's readiness probe (GET /ready) and Prometheus (GET /stats/prometheus) reach the
+  # admin interface through this listener. The admin interface itself stays on loopback: it can
+  # change Envoy's state (/quitquitquit, /drain_listeners, ...), and only these two read-only
+  # paths, with GET, are forwarded; everything else gets a 404 here.
+  - name: probes
+    address:
+      socket_address: {{ address: 0.0.0.0, port_value: {PROBE_PORT} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: probes
+          codec_type: AUTO
+          normalize_path: true
+          merge_slashes: true
+          route_config:
+            name: probes
+            virtual_hosts:
+            - name: probes
+              domains: ["*"]
+              routes:
+              - match:
+                  path: /ready
+                  headers: [{{ name: ":method", string_match: {{ exact: GET }} }}]
+                route: {{ cluster: {ADMIN_CLUSTER}, timeout: 2s }}
+              - match:
+                  path: /stats/prometheus
+                  headers: [{{ name: ":method", string_match: {{ exact: GET }} }}]
+                route: {{ cluster: {ADMIN_CLUSTER}, timeout: 5s }}
+              - match: {{ prefix: "/" }}
+                direct_response: {{ status: 404 }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+
+"""
+    return text.splitlines(keepends=True)
+
+
+def admin_cluster(admin_port: int) -> list[str]:
+    text = f"""
+  # k8s: the admin interface (loopback, above), for the `probes` listener only. The routing
+  # listener cannot pick it: `x-router-cluster` from a client is stripped before routing, and the
+  # router only names clusters of the routing config, which must not list this one (checked by
+  # scripts/k8s-check).
+  - name: {ADMIN_CLUSTER}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: {ADMIN_CLUSTER}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}
+"""
+    return text.splitlines(keepends=True)
+
+
+def header(ini: Path, output: Path) -> list[str]:
+    text = f"""\
+# GENERATED by deploy/kubernetes/render.py from deploy/envoy.yaml and
+# {rel(ini)}. Do not edit: change those files and run
+# `python3 deploy/kubernetes/render.py` (scripts/k8s-check fails while this file is stale).
+#
+# deploy/envoy.yaml for a Kubernetes pod of the kustomization in {rel(output.parent)}/:
+# Envoy with the responses-router as a sidecar in the same pod. The comments below are
+# deploy/envoy.yaml's own; the Kubernetes differences are marked `k8s:`:
+#   - listeners bind 0.0.0.0 (the Service sends traffic to the pod IP);
+#   - model-server clusters are STRICT_DNS on the Services named in upstreams.ini: a headless
+#     Service gives Envoy one host per ready pod, so host pinning can pick the pod that holds a
+#     conversation;
+#   - the router cluster stays 127.0.0.1:50051: the sidecar shares the pod's network namespace;
+#   - a `probes` listener on 0.0.0.0:{PROBE_PORT} forwards GET /ready and GET /stats/prometheus to
+#     the admin interface, which stays on loopback.
+
+"""
+    return text.splitlines(keepends=True)
+
+
+def render_envoy(ini: Path) -> str:
+    upstreams = read_upstreams(ini)
+    output = ini.parent / "envoy.yaml"
+    lines = ENVOY_SOURCE.read_text().splitlines(keepends=True)
+
+    # The source's own header (its first paragraph of comments) describes the local stack; the
+    # generated one replaces it.
+    first = 0
+    while first < len(lines) and lines[first].startswith("#"):
+        first += 1
+    while first < len(lines) and not lines[first].strip():
+        first += 1
+    lines = lines[first:]
+
+    if f"port_value: {PROBE_PORT} " in "".join(lines):
+        raise RenderError(f"{rel(ENVOY_SOURCE)} already uses port {PROBE_PORT}, the probes listener's")
+    admin = index_of(lines, "admin:")
+    admin_port = None
+    for line in lines[admin + 1 : admin + 4]:
+        m = LOOPBACK_ADDRESS.match(line)
+        if m:
+            admin_port = int(m.group(2))
+    if admin_port is None:
+        raise RenderError(f"{rel(ENVOY_SOURCE)}: the admin address is not a loopback `socket_address` line")
+
+    listeners_at = index_of(lines, "  listeners:")
+    clusters_at = index_of(lines, "  clusters:")
+    if not listeners_at < clusters_at:
+        raise RenderError(f"{rel(ENVOY_SOURCE)}: expected `  listeners:` before `  clusters:`")
+
+    listeners = split_items(lines[listeners_at + 1 : clusters_at], "listeners")
+    clusters = split_items(lines[clusters_at + 1 :], "clusters")
+
+    names = [name for name, _ in clusters]
+    model_clusters = [n for n in names if n not in IN_POD_CLUSTERS]
+    missing = [n for n in model_clusters if n not in upstreams]
+    unknown = [n for n in upstreams if n not in model_clusters]
+    if missing:
+        raise RenderError(f"{rel(ini)}: no [section] for the clusters {missing} of {rel(ENVOY_SOURCE)}")
+    if unknown:
+        raise RenderError(f"{rel(ini)}: sections {unknown} are no model-server clusters of {rel(ENVOY_SOURCE)}")
+    if ADMIN_CLUSTER in names:
+        raise RenderError(f"{rel(ENVOY_SOURCE)} already has a cluster named {ADMIN_CLUSTER}")
+
+    out = lines[: listeners_at + 1]
+    for name, item in listeners:
+        out += expose_listener(name, item)
+    if out[-1].strip():
+        out.append("\n")
+    out += probe_listener(admin_port)
+    out.append(lines[clusters_at])
+    for name, item in clusters:
+        if name in IN_POD_CLUSTERS:
+            out += item
+        else:
+            address, port = upstreams[name]
+            out += dns_cluster(name, item, address, port, ini)
+    out += admin_cluster(admin_port)
+    return "".join(header(ini, output) + out)
+
+
+def render_routing() -> str:
+    return (
+        "# GENERATED by deploy/kubernetes/render.py: deploy/routing.yaml, unchanged below this header,\n"
+        "# for the kustomize base (kustomize reads files only inside a kustomization's directory).\n"
+        "# Do not edit: change deploy/routing.yaml and run `python3 deploy/kubernetes/render.py`\n"
+        "# (scripts/k8s-check fails while this file is stale).\n"
+        "\n"
+    ) + ROUTING_SOURCE.read_text()
+
+
+def targets() -> dict[Path, str]:
+    """Every generated file and its content."""
+    out = {ROUTING_COPY: render_routing()}
+    inis = sorted(HERE.rglob("upstreams.ini"))
+    if not inis:
+        raise RenderError(f"no upstreams.ini under {rel(HERE)}")
+    for ini in inis:
+        out[ini.parent / "envoy.yaml"] = render_envoy(ini)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if argv not in ([], ["--check"]):
+        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        return 2
+    check = argv == ["--check"]
+    try:
+        rendered = targets()
+    except (RenderError, configparser.Error, OSError) as e:
+        print(f"render.py: {e}", file=sys.stderr)
+        return 1
+    stale = []
+    for path, text in rendered.items():
+        current = path.read_text() if path.exists() else ""
+        if current == text:
+            continue
+        if check:
+            stale.append(path)
+            diff = difflib.unified_diff(
+                current.splitlines(keepends=True), text.splitlines(keepends=True),
+                f"{rel(path)} (committed)", f"{rel(path)} (rendered now)",
+            )
+            sys.stderr.writelines(diff)
+        else:
+            path.write_text(text)
+            print(f"wrote {rel(path)}")
+    if stale:
+        names = ", ".join(rel(p) for p in stale)
+        print(f"render.py: stale: {names}\n  run: python3 deploy/kubernetes/render.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
