@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use responses_router::affinity::{AffinityStore, MemoryStore, NoStore, RedisStore};
+use responses_router::config::SharedTable;
+use responses_router::config::reload::Reloader;
 use responses_router::config::{self, RoutingTable};
-use responses_router::extproc::{self, RouterService, SharedTable, service::Listeners};
+use responses_router::extproc::{self, RouterService, service::Listeners};
 use responses_router::openai::RequestKind;
 use responses_router::routing::{self, RequestMeta};
 use responses_router::telemetry::{self, Metrics};
@@ -59,6 +61,13 @@ enum Command {
             default_value = "127.0.0.1:9090"
         )]
         admin_listen: String,
+        /// Seconds between checks of the routing YAML for changes (0: reload on SIGHUP only).
+        #[arg(
+            long,
+            env = "RESPONSES_ROUTER_CONFIG_POLL_SECONDS",
+            default_value_t = 5
+        )]
+        config_poll_seconds: u64,
     },
     /// Check a routing YAML; exits non-zero and names every problem.
     Validate {
@@ -95,7 +104,8 @@ async fn main() -> ExitCode {
             listen,
             uds,
             admin_listen,
-        } => serve(config, listen, uds, admin_listen).await,
+            config_poll_seconds,
+        } => serve(config, listen, uds, admin_listen, config_poll_seconds).await,
         Command::Validate { config } => validate(&config),
         Command::Explain {
             config,
@@ -141,6 +151,7 @@ async fn serve(
     listen: String,
     uds: Option<PathBuf>,
     admin_listen: String,
+    config_poll_seconds: u64,
 ) -> ExitCode {
     let table = match load(&config) {
         Ok(t) => t,
@@ -222,7 +233,12 @@ async fn serve(
             }
         });
     }
-    let service = RouterService::new(SharedTable::new(table), store, metrics);
+    let shared = SharedTable::new(table);
+    let reloader = Reloader::new(&config, shared.clone(), Arc::clone(&metrics));
+    let poll =
+        (config_poll_seconds > 0).then(|| std::time::Duration::from_secs(config_poll_seconds));
+    tokio::spawn(reloader.run(poll));
+    let service = RouterService::new(shared, store, metrics);
     let listeners = Listeners {
         tcp,
         uds: uds_listener,

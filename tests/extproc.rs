@@ -517,8 +517,9 @@ async fn grpc_health_reports_the_ext_proc_service_serving() {
 #[tokio::test]
 async fn serves_on_a_unix_socket() {
     use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+    use responses_router::config::SharedTable;
     use responses_router::extproc::service::Listeners;
-    use responses_router::extproc::{RouterService, SharedTable, serve};
+    use responses_router::extproc::{RouterService, serve};
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("router.sock");

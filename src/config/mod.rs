@@ -3,13 +3,16 @@
 //! Loading produces a [`RoutingTable`], the compiled, validated form the decision reads. A table
 //! is immutable; a config change builds a new one, so a request never sees half a config.
 
+pub mod reload;
 mod schema;
+mod shared;
 mod table;
 
 pub use schema::{
     AffinityConfig, CategoryConfig, ClassificationConfig, ClusterConfig, ClusterRef, ModelConfig,
     RoutingConfig, UnknownModelPolicy,
 };
+pub use shared::SharedTable;
 pub use table::{ConfigIssue, RoutingTable};
 
 use std::path::Path;

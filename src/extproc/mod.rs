@@ -10,7 +10,7 @@ pub mod observe;
 pub mod service;
 pub mod stream;
 
-pub use service::{RouterService, SharedTable, serve};
+pub use service::{RouterService, serve};
 
 /// Header that the shipped Envoy route reads with `cluster_header`.
 pub const CLUSTER_HEADER: &str = "x-router-cluster";

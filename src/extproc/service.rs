@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     ProcessingRequest, ProcessingResponse,
@@ -17,38 +17,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::observe::{Observer, Step};
 use super::stream::StreamState;
 use crate::affinity::AffinityStore;
-use crate::config::RoutingTable;
+use crate::config::SharedTable;
 use crate::telemetry::Metrics;
-
-/// The routing table in force, swappable as a whole (hot reload) while streams keep the one they
-/// started with.
-#[derive(Clone)]
-pub struct SharedTable(Arc<RwLock<Arc<RoutingTable>>>);
-
-impl SharedTable {
-    /// Wraps the initial table.
-    pub fn new(table: RoutingTable) -> Self {
-        SharedTable(Arc::new(RwLock::new(Arc::new(table))))
-    }
-
-    /// The table new streams use.
-    pub fn current(&self) -> Arc<RoutingTable> {
-        // A poisoned lock still holds a complete table (writers only swap an Arc).
-        match self.0.read() {
-            Ok(guard) => Arc::clone(&guard),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
-    }
-
-    /// Installs a new table for streams that start from now on.
-    pub fn replace(&self, table: RoutingTable) {
-        let table = Arc::new(table);
-        match self.0.write() {
-            Ok(mut guard) => *guard = table,
-            Err(poisoned) => *poisoned.into_inner() = table,
-        }
-    }
-}
 
 /// The `envoy.service.ext_proc.v3.ExternalProcessor` implementation.
 #[derive(Clone)]

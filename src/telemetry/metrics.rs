@@ -6,6 +6,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::routing::{AffinityOutcome, Decision};
@@ -31,6 +32,11 @@ struct SourceLabels {
     source: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
 /// The router's counters.
 pub struct Metrics {
     registry: Registry,
@@ -38,6 +44,8 @@ pub struct Metrics {
     refusals: Family<RefusalLabels, Counter>,
     affinity: Family<OutcomeLabels, Counter>,
     learned: Family<SourceLabels, Counter>,
+    config_generation: Gauge,
+    config_reloads: Family<ResultLabels, Counter>,
 }
 
 /// Where a learned id came from.
@@ -78,12 +86,26 @@ impl Default for Metrics {
             "Response and conversation ids whose location was recorded, by source",
             learned.clone(),
         );
+        let config_generation = Gauge::default();
+        registry.register(
+            "config_generation",
+            "Generation of the routing config in force (1 at start, +1 per accepted reload)",
+            config_generation.clone(),
+        );
+        let config_reloads = Family::default();
+        registry.register(
+            "config_reloads",
+            "Loads of the routing config, by result: ok (in force) or rejected (invalid, old kept)",
+            config_reloads.clone(),
+        );
         Metrics {
             registry,
             decisions,
             refusals,
             affinity,
             learned,
+            config_generation,
+            config_reloads,
         }
     }
 }
@@ -119,6 +141,16 @@ impl Metrics {
             LearnSource::Sse => "sse",
         };
         self.learned.get_or_create(&SourceLabels { source }).inc();
+    }
+
+    /// Records a config load: the generation in force and whether the new file was accepted.
+    pub fn config_loaded(&self, generation: u64, accepted: bool) {
+        self.config_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        let result = if accepted { "ok" } else { "rejected" };
+        self.config_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     fn affinity_outcome(&self, outcome: &'static str) {

@@ -13,8 +13,9 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use responses_router::affinity::{AffinityStore, NoStore};
 use responses_router::config;
+use responses_router::config::SharedTable;
 use responses_router::extproc::service::Listeners;
-use responses_router::extproc::{RouterService, SharedTable, serve};
+use responses_router::extproc::{RouterService, serve};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
