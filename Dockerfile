@@ -13,14 +13,16 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /build
 
-# 1. Dependencies: the manifests and placeholder targets. Cached until Cargo.toml or Cargo.lock
-#    change.
+# 1. Dependencies: the manifests and placeholder targets (an empty build script too, so the
+#    build-dependencies that compile proto/ are cached as well). Cached until Cargo.toml or
+#    Cargo.lock change.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir src \
  && echo 'fn main() {}' > src/main.rs \
+ && echo 'fn main() {}' > build.rs \
  && touch src/lib.rs \
  && cargo build --release --locked \
- && rm -r src
+ && rm -r src build.rs
 
 # 2. The crate. `cargo clean --package` drops the placeholder's build first: it is newer than
 #    the copied sources, so cargo would otherwise take it as up to date and ship it.

@@ -7,11 +7,13 @@
 //! - [`affinity`]: FNV-1a rendezvous hashing and the learned-affinity store interface.
 //! - [`config`]: the routing YAML, validated and compiled into a `RoutingTable`.
 //! - [`routing`]: the decision — request in, model + upstream + reason out — as plain Rust.
+//! - [`api`]: the project's own gRPC API (Explain, GetConfig), from `proto/`.
 //! - [`extproc`]: the tonic `ExternalProcessor` service translating Envoy messages to and from it.
 //! - [`simulator`]: the bundled OpenAI-compatible model server used by the demo, tests, benchmarks.
 //! - [`telemetry`]: Prometheus metrics and the admin HTTP port.
 
 pub mod affinity;
+pub mod api;
 pub mod classify;
 pub mod config;
 pub mod extproc;

@@ -880,3 +880,82 @@ async fn a_continuation_served_by_another_host_than_pinned_is_counted() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn the_explain_api_gives_the_decision_the_service_makes() {
+    use responses_router::api::pb::{
+        self, explain_response::Outcome, router_admin_client::RouterAdminClient,
+    };
+    let store = Arc::new(responses_router::affinity::MemoryStore::new(
+        10,
+        std::time::Duration::from_secs(60),
+    ));
+    store.put(
+        "resp_p",
+        &Location {
+            cluster: "general-b".into(),
+            host: Some("127.0.0.1:9101".into()),
+        },
+    );
+    let mut router = start_with(LEARNING_YAML, store).await;
+    let mut api = RouterAdminClient::connect(format!("http://{}", router.addr))
+        .await
+        .unwrap();
+
+    let payload = br#"{"model":"general-model","previous_response_id":"resp_p","input":"more"}"#;
+    let explained = api
+        .explain(pb::ExplainRequest {
+            method: "POST".into(),
+            path: "/v1/responses".into(),
+            headers: [("x-request-id".to_string(), "req-0001".to_string())].into(),
+            body: payload.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(Outcome::Decision(d)) = explained.outcome else {
+        panic!("{explained:?}")
+    };
+    assert_eq!(
+        (d.cluster.as_str(), d.reason.as_str(), d.affinity.as_str()),
+        ("general-b", "affinity", "hit")
+    );
+    assert_eq!(
+        (d.host.as_str(), d.state_id.as_str(), d.config_generation),
+        ("127.0.0.1:9101", "resp_p", 1)
+    );
+    // The ext_proc service decides the same for the same request.
+    let mut s = Stream::open(&mut router.client).await;
+    s.send(headers("POST", "/v1/responses", &[], false))
+        .await
+        .unwrap();
+    let reply = s.send(body(payload, true)).await.unwrap();
+    assert_eq!(
+        set_header(body_common(&reply), "x-router-cluster").as_deref(),
+        Some("general-b")
+    );
+
+    let refused = api
+        .explain(pb::ExplainRequest {
+            method: "POST".into(),
+            path: "/v1/responses".into(),
+            body: b"{".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(Outcome::Refusal(r)) = refused.outcome else {
+        panic!("{refused:?}")
+    };
+    assert_eq!((r.status, r.code.as_str()), (400, "invalid_json"));
+
+    let config = api
+        .get_config(pb::GetConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(config.generation, 1);
+    assert_eq!(config.clusters, ["general-a", "general-b"]);
+    assert_eq!(config.default_model, "general-model");
+}

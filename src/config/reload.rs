@@ -20,20 +20,18 @@ pub struct Reloader {
     path: PathBuf,
     shared: SharedTable,
     metrics: Arc<Metrics>,
-    generation: u64,
     stamp: Option<(SystemTime, u64)>,
 }
 
 impl Reloader {
-    /// A reloader for the table `shared` was built from `path` (generation 1).
+    /// A reloader for the table `shared` was built from `path`.
     pub fn new(path: &Path, shared: SharedTable, metrics: Arc<Metrics>) -> Self {
-        metrics.config_loaded(1, true);
+        metrics.config_loaded(shared.current_with_generation().0, true);
         Reloader {
             stamp: stamp(path),
             path: path.to_owned(),
             shared,
             metrics,
-            generation: 1,
         }
     }
 
@@ -51,20 +49,21 @@ impl Reloader {
                         "max_body_bytes and affinity settings take effect only after a restart"
                     );
                 }
-                self.shared.replace(table);
-                self.generation += 1;
-                self.metrics.config_loaded(self.generation, true);
-                tracing::info!(generation = self.generation, path = %self.path.display(), "routing config reloaded");
+                let generation = self.shared.replace(table);
+                self.metrics.config_loaded(generation, true);
+                tracing::info!(generation, path = %self.path.display(), "routing config reloaded");
+                generation
             }
             Err(e) => {
-                self.metrics.config_loaded(self.generation, false);
+                let generation = self.shared.current_with_generation().0;
+                self.metrics.config_loaded(generation, false);
                 tracing::error!(
-                    generation = self.generation,
+                    generation,
                     "routing config rejected, keeping the one in force: {e}"
                 );
+                generation
             }
         }
-        self.generation
     }
 
     /// Reloads whenever SIGHUP arrives, and every `poll` when the file changed (`None`: SIGHUP

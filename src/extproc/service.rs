@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::observe::{Observer, Step};
 use super::stream::StreamState;
 use crate::affinity::AffinityStore;
+use crate::api::AdminApi;
 use crate::config::SharedTable;
 use crate::telemetry::Metrics;
 
@@ -129,8 +130,8 @@ impl Listeners {
     }
 }
 
-/// Serves the ext_proc and gRPC health services on every listener until `shutdown` completes;
-/// streams in flight are then allowed to finish.
+/// Serves the ext_proc service, the RouterAdmin API and gRPC health on every listener until
+/// `shutdown` completes; streams in flight are then allowed to finish.
 pub async fn serve(
     service: RouterService,
     listeners: Listeners,
@@ -148,8 +149,10 @@ pub async fn serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let api = AdminApi::new(service.table.clone(), Arc::clone(&service.store));
     let router = tonic::transport::Server::builder()
         .add_service(health)
+        .add_service(api.into_server())
         .add_service(service.into_server());
     let tcp = listeners.tcp.map(|l| {
         // Nagle's algorithm against Envoy's delayed ACKs would hold each small reply ~40 ms.
