@@ -61,6 +61,13 @@ enum Command {
             default_value = "127.0.0.1:9090"
         )]
         admin_listen: String,
+        /// Answer /readyz with 503 while a configured shared affinity store (Redis) is unreachable
+        /// (by default the router stays ready and reports the degraded state).
+        #[arg(long, env = "RESPONSES_ROUTER_READY_REQUIRES_STORE")]
+        ready_requires_store: bool,
+        /// Seconds streams in flight may run on after SIGTERM before the process exits.
+        #[arg(long, env = "RESPONSES_ROUTER_DRAIN_SECONDS", default_value_t = 15)]
+        drain_seconds: u64,
         /// Seconds between checks of the routing YAML for changes (0: reload on SIGHUP only).
         #[arg(
             long,
@@ -105,7 +112,17 @@ async fn main() -> ExitCode {
             uds,
             admin_listen,
             config_poll_seconds,
-        } => serve(config, listen, uds, admin_listen, config_poll_seconds).await,
+            ready_requires_store,
+            drain_seconds,
+        } => {
+            let options = ServeOptions {
+                admin_listen,
+                config_poll_seconds,
+                ready_requires_store,
+                drain: std::time::Duration::from_secs(drain_seconds),
+            };
+            serve(config, listen, uds, options).await
+        }
         Command::Validate { config } => validate(&config),
         Command::Explain {
             config,
@@ -150,9 +167,14 @@ async fn serve(
     config: PathBuf,
     listen: String,
     uds: Option<PathBuf>,
-    admin_listen: String,
-    config_poll_seconds: u64,
+    options: ServeOptions,
 ) -> ExitCode {
+    let ServeOptions {
+        admin_listen,
+        config_poll_seconds,
+        ready_requires_store,
+        drain,
+    } = options;
     let table = match load(&config) {
         Ok(t) => t,
         Err(code) => return code,
@@ -226,7 +248,11 @@ async fn serve(
                 return ExitCode::FAILURE;
             }
         };
-        let admin = telemetry::admin::router(Arc::clone(&metrics));
+        let admin = telemetry::admin::router(
+            Arc::clone(&metrics),
+            Arc::clone(&store),
+            ready_requires_store,
+        );
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, admin).await {
                 tracing::error!("admin server failed: {e}");
@@ -248,10 +274,10 @@ async fn serve(
         shutdown_signal().await;
         let _ = signalled_tx.send(true);
     };
-    // Streams in flight get DRAIN_DEADLINE to finish after the signal; then the process exits.
+    // Streams in flight get `drain` to finish after the signal; then the process exits.
     let deadline = async {
         let _ = signalled.wait_for(|s| *s).await;
-        tokio::time::sleep(DRAIN_DEADLINE).await;
+        tokio::time::sleep(drain).await;
     };
     tokio::select! {
         result = extproc::serve(service, listeners, shutdown) => match result {
@@ -265,14 +291,19 @@ async fn serve(
             }
         },
         () = deadline => {
-            tracing::warn!("streams still open after {DRAIN_DEADLINE:?}; exiting");
+            tracing::warn!("streams still open after {drain:?}; exiting");
             ExitCode::SUCCESS
         }
     }
 }
 
-/// How long streams in flight may run on after SIGTERM.
-const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
+/// `serve` settings beyond where to listen for gRPC.
+struct ServeOptions {
+    admin_listen: String,
+    config_poll_seconds: u64,
+    ready_requires_store: bool,
+    drain: std::time::Duration,
+}
 
 /// Completes on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {

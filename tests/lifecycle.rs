@@ -27,37 +27,70 @@ struct Server {
     child: Child,
     grpc: u16,
     admin: u16,
+    log: std::path::PathBuf,
 }
 
 impl Server {
     fn start(config: &Path, poll_seconds: u64) -> Server {
+        Server::start_with(
+            config,
+            &["--config-poll-seconds", &poll_seconds.to_string()],
+            &[],
+        )
+    }
+
+    /// Starts `serve` with extra arguments and environment; stderr (the log) goes to a file.
+    fn start_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let (grpc, admin) = (free_port(), free_port());
+        let log = config.with_extension(format!("{grpc}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_responses-router"))
-            .args(["serve", "--config", config.to_str().unwrap()])
+            .args([
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+                "--drain-seconds",
+                "3",
+            ])
             .args([
                 "--listen",
                 &format!("127.0.0.1:{grpc}"),
                 "--admin-listen",
                 &format!("127.0.0.1:{admin}"),
             ])
-            .args(["--config-poll-seconds", &poll_seconds.to_string()])
+            .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let server = Server { child, grpc, admin };
+        let server = Server {
+            child,
+            grpc,
+            admin,
+            log,
+        };
         server.wait_for(|m| m.contains("responses_router_config_generation 1"));
         server
     }
 
     fn metrics(&self) -> String {
+        self.get("/metrics").1
+    }
+
+    /// `GET path` on the admin port: (status, body); (0, "") if nothing answers.
+    fn get(&self, path: &str) -> (u16, String) {
         let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", self.admin)) else {
-            return String::new();
+            return (0, String::new());
         };
-        let _ = conn.write_all(b"GET /metrics HTTP/1.0\r\nhost: x\r\n\r\n");
+        let _ = conn.write_all(format!("GET {path} HTTP/1.0\r\nhost: x\r\n\r\n").as_bytes());
         let mut text = String::new();
         let _ = conn.read_to_string(&mut text);
-        text
+        let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
     }
 
     fn wait_for(&self, check: impl Fn(&str) -> bool) {
@@ -185,4 +218,166 @@ async fn sigterm_lets_a_stream_in_flight_finish_then_exits_0() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// A real redis-server on a free port (Debian's package; scripts/test installs it).
+struct Redis(Child);
+
+impl Redis {
+    fn start(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis(child)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn readiness_follows_the_shared_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routing.yaml");
+    std::fs::write(&path, CODE).unwrap();
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let env = [("RESPONSES_ROUTER__AFFINITY__REDIS_URL", url.as_str())];
+    let redis = Redis::start(port);
+    let strict = Server::start_with(&path, &["--ready-requires-store"], &env);
+    let lenient = Server::start_with(&path, &[], &env);
+    assert_eq!(strict.get("/readyz"), (200, "ready\n".to_owned()));
+    assert!(
+        strict
+            .metrics()
+            .contains("responses_router_affinity_store_up 1")
+    );
+
+    drop(redis);
+    let (status, body) = strict.get("/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("redis unreachable"), "{body}");
+    let (status, body) = lenient.get("/readyz");
+    assert_eq!(
+        status, 200,
+        "requests still succeed, so the lenient router stays ready"
+    );
+    assert!(body.starts_with("ready, degraded"), "{body}");
+    assert!(
+        lenient
+            .metrics()
+            .contains("responses_router_affinity_store_up 0")
+    );
+    assert_eq!(
+        lenient.cluster_for("python").await,
+        "code",
+        "routing goes on without Redis"
+    );
+
+    let _redis = Redis::start(port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while strict.get("/readyz").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "not ready again after Redis came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_and_logs_carry_the_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routing.yaml");
+    std::fs::write(&path, CODE).unwrap();
+    let server = Server::start_with(
+        &path,
+        &["--log-format", "json"],
+        &[("RESPONSES_ROUTER_LOG", "debug")],
+    );
+    assert_eq!(server.cluster_for("python please").await, "code");
+    let mut client = ExternalProcessorClient::connect(format!("http://127.0.0.1:{}", server.grpc))
+        .await
+        .unwrap();
+    let mut s = Stream::open(&mut client).await;
+    s.send(headers("POST", "/v1/responses", &[], false))
+        .await
+        .unwrap();
+    s.send(body(b"{not json", true)).await.unwrap();
+
+    let text = server.metrics();
+    for expected in [
+        r#"gen_ai_operation_name="responses.create",reason="category",gen_ai_request_model="code-model",cluster="code",category="coding""#,
+        r#"responses_router_refusals_total{code="invalid_json"} 1"#,
+        r#"responses_router_decision_duration_seconds_count{phase="request"}"#,
+        "responses_router_request_body_bytes_count 1",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in\n{text}");
+    }
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool on PATH (scripts/test installs Debian's prometheus package)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every log line is JSON; the request's lines carry Envoy's request id; no body text is logged.
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON log line"))
+        .collect();
+    let routed = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "routed")
+        .expect("a decision log line");
+    assert_eq!(routed["fields"]["request_id"], "req-0001");
+    assert_eq!(routed["fields"]["cluster"], "code");
+    let refused = lines
+        .iter()
+        .find(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("request refused"))
+        })
+        .expect("a refusal log line");
+    assert_eq!(refused["fields"]["request_id"], "req-0001");
+    assert!(
+        !log.contains("python please"),
+        "request bodies are never logged"
+    );
 }

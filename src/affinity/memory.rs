@@ -186,6 +186,10 @@ impl AffinityStore for MemoryStore {
     async fn record(&self, id: &str, location: Location) {
         self.put(id, &location);
     }
+
+    fn local_entries(&self) -> usize {
+        self.len()
+    }
 }
 
 #[cfg(test)]

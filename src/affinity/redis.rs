@@ -167,6 +167,25 @@ impl AffinityStore for RedisStore {
         .await;
         self.outcome(result);
     }
+
+    async fn check(&self) -> Result<(), String> {
+        let mut redis = self.redis.clone();
+        let ping = redis::cmd("PING");
+        let result =
+            tokio::time::timeout(REDIS_TIMEOUT, ping.query_async::<String>(&mut redis)).await;
+        match self.outcome(result) {
+            Some(_) => {
+                // Reachable again: stop skipping Redis at once.
+                self.skip_until_ms.store(0, Ordering::Relaxed);
+                Ok(())
+            }
+            None => Err("redis unreachable: routing on local affinity and hashing".to_owned()),
+        }
+    }
+
+    fn local_entries(&self) -> usize {
+        self.local.len()
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,17 @@ pub trait AffinityStore: Send + Sync {
 
     /// Records where `id` was served.
     async fn record(&self, id: &str, location: Location);
+
+    /// Checks the store's backend now; `Err` says why it is unreachable (routing then runs on
+    /// local knowledge and hashing). In-process stores are always reachable.
+    async fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Entries held in this process, for the store-size metric.
+    fn local_entries(&self) -> usize {
+        0
+    }
 }
 
 /// A store that remembers nothing: routing is by hash only.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     ProcessingRequest, ProcessingResponse,
     external_processor_server::{ExternalProcessor, ExternalProcessorServer},
+    processing_request::Request as Msg,
 };
 use futures_util::{Stream, StreamExt};
 use tokio::net::{TcpListener, UnixListener};
@@ -20,6 +21,7 @@ use crate::affinity::AffinityStore;
 use crate::api::AdminApi;
 use crate::config::SharedTable;
 use crate::telemetry::Metrics;
+use crate::telemetry::metrics::Phase;
 
 /// The `envoy.service.ext_proc.v3.ExternalProcessor` implementation.
 #[derive(Clone)]
@@ -92,14 +94,25 @@ impl ExternalProcessor for RouterService {
                     let mut observer = Observer::new(Arc::clone(&store), Arc::clone(&metrics));
                     let mut next = Some(message);
                     while let Some(m) = next.take() {
-                        if observer.handle(m).await == Step::Done {
+                        let started = std::time::Instant::now();
+                        let step = observer.handle(m).await;
+                        metrics.observe_duration(Phase::Response, started.elapsed());
+                        if step == Step::Done {
                             break;
                         }
                         next = inbound.message().await.ok().flatten();
                     }
                     break;
                 }
+                let phase = match message.request {
+                    Some(
+                        Msg::ResponseHeaders(_) | Msg::ResponseBody(_) | Msg::ResponseTrailers(_),
+                    ) => Phase::Response,
+                    _ => Phase::Request,
+                };
+                let started = std::time::Instant::now();
                 let reply = state.handle(message).await.map_err(Status::from);
+                metrics.observe_duration(phase, started.elapsed());
                 let failed = reply.is_err();
                 // A failed send means Envoy went away: nothing is left to answer.
                 if tx.send(reply).await.is_err() || failed {

@@ -71,6 +71,8 @@ pub struct StreamState {
     metrics: Arc<Metrics>,
     phase: Phase,
     learning: Learning,
+    /// Envoy's `x-request-id`, carried by every log line about this request.
+    request_id: String,
 }
 
 /// Watching the response: to learn the id a JSON answer creates (SSE is left to the observer
@@ -105,6 +107,7 @@ impl StreamState {
             metrics,
             phase: Phase::AwaitingHeaders,
             learning: Learning::Off,
+            request_id: String::new(),
         }
     }
 
@@ -156,6 +159,7 @@ impl StreamState {
         let path = header(map, ":path").unwrap_or_default();
         let upgrade = header(map, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
         let request_id = header(map, "x-request-id").unwrap_or_default().to_owned();
+        self.request_id.clone_from(&request_id);
         let kind = RequestKind::classify(method, path, upgrade);
 
         let declared_length =
@@ -191,7 +195,7 @@ impl StreamState {
         match routing::route(&self.table, meta, body, self.store.as_ref()).await {
             Ok(decision) => {
                 self.phase = Phase::Forwarded;
-                self.metrics.decided(&decision);
+                self.decided(&decision);
                 let learn = self.learns(&kind);
                 let watch = learn || decision.host.is_some();
                 if watch {
@@ -245,7 +249,8 @@ impl StreamState {
         };
         match routing::route(&self.table, meta, Some(&buffered.body), self.store.as_ref()).await {
             Ok(mut decision) => {
-                self.metrics.decided(&decision);
+                self.metrics.body_size(buffered.body.len());
+                self.decided(&decision);
                 // Response headers were requested on the request headers only for kinds that
                 // create state, so only those can be watched.
                 if self.learns(&buffered.kind) {
@@ -337,9 +342,24 @@ impl StreamState {
         msg::response_body_reply()
     }
 
+    /// Counts and logs a decision (at debug level: Envoy's access log is the per-request record).
+    fn decided(&self, decision: &Decision) {
+        self.metrics.decided(decision);
+        tracing::debug!(
+            request_id = %self.request_id,
+            kind = decision.kind,
+            model = decision.model.as_deref().unwrap_or_default(),
+            cluster = %decision.cluster,
+            reason = decision.reason.as_str(),
+            category = decision.category.as_deref().unwrap_or_default(),
+            "routed"
+        );
+    }
+
     fn fail(&mut self, error: &ApiError) -> ProcessingResponse {
         self.metrics.refused(error.code);
-        tracing::debug!(
+        tracing::info!(
+            request_id = %self.request_id,
             status = error.status,
             code = error.code,
             "request refused: {}",

@@ -1,20 +1,32 @@
 //! Prometheus metrics, with an explicit registry (no global recorder) so tests can read them.
 //!
 //! Labels are bounded: request kinds, decision reasons, error codes and affinity outcomes are
-//! fixed sets of `&'static str`; no model, cluster or id appears as a label value.
+//! fixed sets; models, clusters and categories come from the routing YAML (a client naming an
+//! unknown model is refused before it is counted); no id or client text is ever a label value.
+//! Where an OpenTelemetry GenAI attribute fits, its name is used (`gen_ai_request_model`,
+//! `gen_ai_operation_name`).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::routing::{AffinityOutcome, Decision};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
-    kind: &'static str,
+    gen_ai_operation_name: &'static str,
     reason: &'static str,
+    gen_ai_request_model: String,
+    cluster: String,
+    category: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,6 +58,19 @@ pub struct Metrics {
     learned: Family<SourceLabels, Counter>,
     config_generation: Gauge,
     config_reloads: Family<ResultLabels, Counter>,
+    decision_seconds: Family<PhaseLabels, Histogram>,
+    body_bytes: Histogram,
+    store_entries: Gauge,
+    store_up: Gauge,
+}
+
+/// Where the router spent the time measured by the decision-duration histogram.
+#[derive(Debug, Clone, Copy)]
+pub enum Phase {
+    /// Request headers or body in, routing reply out (what a request waits for).
+    Request,
+    /// Response headers or body in, learning done (a JSON answer waits for it; streams do not).
+    Response,
 }
 
 /// Where a learned id came from.
@@ -98,6 +123,33 @@ impl Default for Metrics {
             "Loads of the routing config, by result: ok (in force) or rejected (invalid, old kept)",
             config_reloads.clone(),
         );
+        let decision_seconds = Family::<PhaseLabels, Histogram>::new_with_constructor(|| {
+            // 5 µs .. ~2.6 s, doubling.
+            Histogram::new(exponential_buckets(5e-6, 2.0, 20))
+        });
+        registry.register(
+            "decision_duration_seconds",
+            "Time the router spent on one Envoy message, from its arrival to the reply, by phase",
+            decision_seconds.clone(),
+        );
+        let body_bytes = Histogram::new(exponential_buckets(256.0, 4.0, 10));
+        registry.register(
+            "request_body_bytes",
+            "Sizes of the request bodies the router buffered to decide",
+            body_bytes.clone(),
+        );
+        let store_entries = Gauge::default();
+        registry.register(
+            "affinity_store_entries",
+            "Ids held by this process's affinity store",
+            store_entries.clone(),
+        );
+        let store_up = Gauge::default();
+        registry.register(
+            "affinity_store_up",
+            "1 when the affinity store's backend answered its last check, 0 when degraded",
+            store_up.clone(),
+        );
         Metrics {
             registry,
             decisions,
@@ -106,6 +158,10 @@ impl Default for Metrics {
             learned,
             config_generation,
             config_reloads,
+            decision_seconds,
+            body_bytes,
+            store_entries,
+            store_up,
         }
     }
 }
@@ -115,8 +171,11 @@ impl Metrics {
     pub fn decided(&self, decision: &Decision) {
         self.decisions
             .get_or_create(&DecisionLabels {
-                kind: decision.kind,
+                gen_ai_operation_name: decision.kind,
                 reason: decision.reason.as_str(),
+                gen_ai_request_model: decision.model.clone().unwrap_or_default(),
+                cluster: decision.cluster.clone(),
+                category: decision.category.clone().unwrap_or_default(),
             })
             .inc();
         if let Some(outcome) = decision.affinity {
@@ -153,13 +212,63 @@ impl Metrics {
             .inc();
     }
 
+    /// Records how long the router took to answer one Envoy message.
+    pub fn observe_duration(&self, phase: Phase, elapsed: std::time::Duration) {
+        let phase = match phase {
+            Phase::Request => "request",
+            Phase::Response => "response",
+        };
+        self.decision_seconds
+            .get_or_create(&PhaseLabels { phase })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records the size of a buffered request body.
+    pub fn body_size(&self, bytes: usize) {
+        self.body_bytes.observe(bytes as f64);
+    }
+
+    /// Records the affinity store's state, as last checked.
+    pub fn store_state(&self, entries: usize, up: bool) {
+        self.store_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.store_up.set(i64::from(up));
+    }
+
     fn affinity_outcome(&self, outcome: &'static str) {
         self.affinity
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 
-    /// The Prometheus text exposition.
+    /// The classic Prometheus text format (0.0.4), for clients that do not ask for OpenMetrics
+    /// (curl, `promtool check metrics`). It differs from OpenMetrics in naming a counter family
+    /// by its `_total` sample name and in having no `# EOF`.
+    pub fn encode_classic(&self) -> String {
+        let open = self.encode();
+        let counters: std::collections::HashSet<&str> = open
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+            .collect();
+        let mut out = String::with_capacity(open.len());
+        for line in open.lines() {
+            if line == "# EOF" || line.starts_with("# UNIT ") {
+                continue;
+            }
+            let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+                let rest = line.strip_prefix(prefix)?;
+                let (name, tail) = rest.split_once(' ')?;
+                counters
+                    .contains(name)
+                    .then(|| format!("{prefix}{name}_total {tail}"))
+            });
+            out.push_str(renamed.as_deref().unwrap_or(line));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
@@ -204,5 +313,19 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+        let classic = m.encode_classic();
+        assert!(
+            classic.contains("# TYPE responses_router_refusals_total counter"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# HELP responses_router_refusals_total "),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# TYPE responses_router_config_generation gauge"),
+            "{classic}"
+        );
+        assert!(!classic.contains("# EOF"));
     }
 }

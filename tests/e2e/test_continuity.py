@@ -118,7 +118,9 @@ def test_every_turn_reaches_its_state(stack):
 def test_router_metrics_show_what_was_learned_and_used(stack):
     """The router's /metrics (admin port) after the conversations above: ids learned from JSON
     answers and from streams, and continuations placed by learned affinity."""
-    text = httpx.get(f"http://127.0.0.1:{stack.router_admin_port}/metrics", timeout=5).text
+    # Ask for OpenMetrics, as a Prometheus server does.
+    text = httpx.get(f"http://127.0.0.1:{stack.router_admin_port}/metrics", timeout=5,
+                     headers={"accept": "application/openmetrics-text; version=1.0.0"}).text
     counters = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
