@@ -158,5 +158,9 @@ mod tests {
             text.contains(r#"responses_router_config_reloads_total{result="ok"} 2"#),
             "{text}"
         );
+        assert!(
+            text.contains("responses_router_config_last_reload_ok 0"),
+            "{text}"
+        );
     }
 }

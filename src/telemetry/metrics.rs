@@ -58,6 +58,7 @@ pub struct Metrics {
     learned: Family<SourceLabels, Counter>,
     config_generation: Gauge,
     config_reloads: Family<ResultLabels, Counter>,
+    config_last_ok: Gauge,
     decision_seconds: Family<PhaseLabels, Histogram>,
     body_bytes: Histogram,
     store_entries: Gauge,
@@ -123,6 +124,12 @@ impl Default for Metrics {
             "Loads of the routing config, by result: ok (in force) or rejected (invalid, old kept)",
             config_reloads.clone(),
         );
+        let config_last_ok = Gauge::default();
+        registry.register(
+            "config_last_reload_ok",
+            "1 when the last load of the routing config was accepted, 0 when it was rejected",
+            config_last_ok.clone(),
+        );
         let decision_seconds = Family::<PhaseLabels, Histogram>::new_with_constructor(|| {
             // 5 µs .. ~2.6 s, doubling.
             Histogram::new(exponential_buckets(5e-6, 2.0, 20))
@@ -158,6 +165,7 @@ impl Default for Metrics {
             learned,
             config_generation,
             config_reloads,
+            config_last_ok,
             decision_seconds,
             body_bytes,
             store_entries,
@@ -206,6 +214,7 @@ impl Metrics {
     pub fn config_loaded(&self, generation: u64, accepted: bool) {
         self.config_generation
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.config_last_ok.set(i64::from(accepted));
         let result = if accepted { "ok" } else { "rejected" };
         self.config_reloads
             .get_or_create(&ResultLabels { result })
