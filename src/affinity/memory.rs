@@ -3,38 +3,53 @@
 //! Entries must stay small because a busy router records one per response. An id is kept as its
 //! 128-bit xxh3 hash (ids are 40-60 bytes; a collision among a million entries has probability
 //! ~1e-27), and a location as indexes into interned cluster and host names. Every entry lives for
-//! the same TTL, so insertion order is expiry order: one FIFO queue per shard serves both TTL
-//! expiry and capacity eviction (oldest first) without scanning. Shards keep lock hold times and
-//! contention low; no lock is held across an await.
+//! the same TTL, so insertion order is expiry order: each shard keeps its entries in a ring buffer
+//! in insertion order, which serves both TTL expiry and capacity eviction (oldest first) without
+//! scanning, and a hash table of 4-byte ring positions finds them by key. That is 28 bytes per
+//! entry in the ring plus about 5-10 in the table (hashbrown's `HashTable`, which hashes the
+//! entries it points to, is what lets the table hold positions instead of copies of the keys).
+//! Shards keep lock hold times and contention low; no lock is held across an await.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use hashbrown::HashTable;
 use tonic::async_trait;
 
 use super::store::{AffinityStore, Location};
 
 const SHARDS: usize = 16;
 
+/// Marks a ring slot whose key was re-recorded later (or never live).
+const DEAD: u16 = u16::MAX;
+
 /// A bounded in-memory `id -> Location` map with a TTL.
 pub struct MemoryStore {
     shards: Vec<Mutex<Shard>>,
     names: Mutex<Interner>,
-    per_shard_capacity: usize,
     ttl: Duration,
     epoch: Instant,
 }
 
-#[derive(Default)]
+/// One shard: a ring of slots in insertion order and an index from key to ring position.
 struct Shard {
-    map: HashMap<u128, Entry>,
-    /// (key, expiry) in insertion order; stale pairs (key re-recorded later) are skipped.
-    order: VecDeque<(u128, u32)>,
+    index: HashTable<u32>,
+    /// Grows up to `capacity`, then wraps around.
+    ring: Vec<Slot>,
+    capacity: usize,
+    /// Ring position of the oldest slot.
+    head: usize,
+    /// Occupied ring positions, dead slots included.
+    occupied: usize,
 }
 
+/// An entry. The key is split into `u32`s so the slot packs into 28 bytes (a `u128` would align
+/// it to 32).
 #[derive(Clone, Copy)]
-struct Entry {
+struct Slot {
+    key: [u32; 4],
+    /// Index of the cluster name; [`DEAD`] for a superseded slot.
     cluster: u16,
     /// Index of the host name + 1; 0 means no host.
     host: u32,
@@ -52,12 +67,16 @@ struct Interner {
 }
 
 impl MemoryStore {
-    /// A store holding at most `capacity` entries, each for `ttl`.
+    /// A store holding at most `capacity` entries, each for `ttl`. Memory is taken as entries
+    /// arrive, not up front.
     pub fn new(capacity: usize, ttl: Duration) -> Self {
+        // Ring positions are u32; no shard needs more (that would be 68 billion entries).
+        let per_shard = capacity.div_ceil(SHARDS).clamp(1, u32::MAX as usize);
         MemoryStore {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(Shard::new(per_shard)))
+                .collect(),
             names: Mutex::new(Interner::default()),
-            per_shard_capacity: capacity.div_ceil(SHARDS).max(1),
             ttl,
             epoch: Instant::now(),
         }
@@ -65,7 +84,7 @@ impl MemoryStore {
 
     /// Number of live (not yet evicted) entries.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).map.len()).sum()
+        self.shards.iter().map(|s| lock(s).index.len()).sum()
     }
 
     /// Whether the store holds nothing.
@@ -84,17 +103,14 @@ impl MemoryStore {
     /// Synchronous lookup (the store never waits on I/O).
     pub fn get(&self, id: &str) -> Option<Location> {
         let key = key_of(id);
-        let entry = {
-            let shard = lock(self.shard(key));
-            *shard.map.get(&key)?
-        };
-        if entry.expires <= self.now() {
+        let slot = lock(self.shard(key)).get(key)?;
+        if slot.expires <= self.now() {
             return None;
         }
         let names = lock(&self.names);
         Some(Location {
-            cluster: names.clusters.get(usize::from(entry.cluster))?.clone(),
-            host: entry
+            cluster: names.clusters.get(usize::from(slot.cluster))?.clone(),
+            host: slot
                 .host
                 .checked_sub(1)
                 .and_then(|h| names.hosts.get(h as usize).cloned()),
@@ -116,31 +132,89 @@ impl MemoryStore {
         };
         let now = self.now();
         let ttl = u32::try_from(self.ttl.as_secs()).unwrap_or(u32::MAX);
-        let expires = now.saturating_add(ttl);
         let key = key_of(id);
-        let mut shard = lock(self.shard(key));
-        shard.map.insert(
-            key,
-            Entry {
+        lock(self.shard(key)).put(
+            Slot {
+                key: split(key),
                 cluster,
                 host,
-                expires,
+                expires: now.saturating_add(ttl),
             },
+            now,
         );
-        shard.order.push_back((key, expires));
-        while let Some(&(old, old_expires)) = shard.order.front() {
-            let full = shard.map.len() > self.per_shard_capacity;
-            let expired = old_expires <= now;
-            // Queue entries whose key was re-recorded later are stale: drop them silently.
-            let stale = shard.map.get(&old).is_none_or(|e| e.expires != old_expires);
-            if !(full || expired || stale || shard.order.len() > 2 * self.per_shard_capacity) {
+    }
+}
+
+impl Shard {
+    fn new(capacity: usize) -> Self {
+        Shard {
+            index: HashTable::new(),
+            ring: Vec::new(),
+            capacity,
+            head: 0,
+            occupied: 0,
+        }
+    }
+
+    fn get(&self, key: u128) -> Option<Slot> {
+        let key = split(key);
+        let ring = &self.ring;
+        self.index
+            .find(table_hash(key), |&pos| ring[pos as usize].key == key)
+            .map(|&pos| ring[pos as usize])
+    }
+
+    fn put(&mut self, slot: Slot, now: u32) {
+        // Make room: drop the oldest slots while they are dead or expired, or the ring is full.
+        while self.occupied > 0 {
+            let oldest = self.ring[self.head];
+            if !(self.occupied == self.capacity || oldest.cluster == DEAD || oldest.expires <= now)
+            {
                 break;
             }
-            shard.order.pop_front();
-            if !stale {
-                shard.map.remove(&old);
+            self.pop_oldest();
+        }
+        let pos = (self.head + self.occupied) % self.capacity;
+        if pos == self.ring.len() {
+            // Grow geometrically, but never past the capacity, so a full shard wastes nothing.
+            if self.ring.len() == self.ring.capacity() {
+                let more = self.ring.len().max(16).min(self.capacity - self.ring.len());
+                self.ring.reserve_exact(more);
+            }
+            self.ring.push(slot);
+        } else {
+            self.ring[pos] = slot;
+        }
+        self.occupied += 1;
+        // `pos` < capacity <= u32::MAX (see `MemoryStore::new`).
+        let pos = pos as u32;
+        let Shard { index, ring, .. } = self;
+        let hash = table_hash(slot.key);
+        match index.find_mut(hash, |&p| ring[p as usize].key == slot.key) {
+            Some(existing) => {
+                // Re-recorded: the older slot stays in the ring as a dead one until it is the oldest.
+                ring[*existing as usize].cluster = DEAD;
+                *existing = pos;
+            }
+            None => {
+                index.insert_unique(hash, pos, |&p| table_hash(ring[p as usize].key));
             }
         }
+    }
+
+    fn pop_oldest(&mut self) {
+        let oldest = self.ring[self.head];
+        if oldest.cluster != DEAD {
+            let head = self.head as u32;
+            if let Ok(entry) = self
+                .index
+                .find_entry(table_hash(oldest.key), |&p| p == head)
+            {
+                entry.remove();
+            }
+        }
+        self.head = (self.head + 1) % self.capacity;
+        self.occupied -= 1;
     }
 }
 
@@ -170,6 +244,20 @@ impl Interner {
 
 fn key_of(id: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(id.as_bytes())
+}
+
+fn split(key: u128) -> [u32; 4] {
+    [
+        key as u32,
+        (key >> 32) as u32,
+        (key >> 64) as u32,
+        (key >> 96) as u32,
+    ]
+}
+
+/// The table's hash: the key's high half (the low bits already chose the shard).
+fn table_hash(key: [u32; 4]) -> u64 {
+    u64::from(key[2]) | (u64::from(key[3]) << 32)
 }
 
 /// Locks, recovering from poisoning: every critical section leaves the maps consistent.
@@ -235,15 +323,13 @@ mod tests {
             "newest kept"
         );
         assert!(store.get("resp_0").is_none(), "oldest evicted");
-        // Re-recording one id many times does not grow the queue without bound.
+        // Re-recording one id many times does not grow the store: dead slots are reused.
         for _ in 0..10_000 {
             store.put("hot", &loc("c", None));
         }
-        let queued: usize = store.shards.iter().map(|s| lock(s).order.len()).sum();
-        assert!(
-            queued <= 2 * SHARDS * 10 + SHARDS,
-            "queue bounded: {queued}"
-        );
+        let slots: usize = store.shards.iter().map(|s| lock(s).ring.len()).sum();
+        assert!(slots <= SHARDS * 10, "ring bounded: {slots}");
+        assert_eq!(store.get("hot"), Some(loc("c", None)));
     }
 
     #[test]
@@ -251,6 +337,45 @@ mod tests {
         let store = MemoryStore::new(100, Duration::from_secs(0));
         store.put("resp_a", &loc("c", None));
         assert_eq!(store.get("resp_a"), None, "a zero TTL keeps nothing");
+    }
+
+    #[test]
+    fn expired_entries_are_dropped_to_make_room() {
+        let mut shard = Shard::new(4);
+        let slot = |k: u128, expires| Slot {
+            key: split(k),
+            cluster: 0,
+            host: 0,
+            expires,
+        };
+        shard.put(slot(1, 10), 0);
+        shard.put(slot(2, 20), 0);
+        shard.put(slot(3, 30), 15);
+        assert!(shard.get(1).is_none(), "expired by the time 3 arrived");
+        assert!(shard.get(2).is_some());
+        assert_eq!(shard.index.len(), 2);
+    }
+
+    proptest::proptest! {
+        /// Without expiry, a shard holds exactly the keys whose latest record is among the last
+        /// `capacity` records, each with its latest value, however records wrap the ring.
+        #[test]
+        fn shard_matches_a_fifo_model(
+            capacity in 1usize..8,
+            records in proptest::collection::vec((0u128..12, 0u16..3), 0..200),
+        ) {
+            let mut shard = Shard::new(capacity);
+            for &(key, cluster) in &records {
+                shard.put(Slot { key: split(key), cluster, host: 0, expires: u32::MAX }, 0);
+            }
+            let start = records.len().saturating_sub(capacity);
+            for key in 0u128..12 {
+                let latest = records.iter().rposition(|&(k, _)| k == key);
+                let expected = latest.filter(|&i| i >= start).map(|i| records[i].1);
+                proptest::prop_assert_eq!(shard.get(key).map(|s| s.cluster), expected, "key {}", key);
+            }
+            proptest::prop_assert!(shard.ring.len() <= capacity);
+        }
     }
 
     #[tokio::test]
