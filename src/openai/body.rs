@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::error::ApiError;
+use super::text::Turns;
 
 /// The routing-relevant top-level fields of a request body, borrowing from the body bytes.
 #[derive(Debug)]
@@ -23,10 +24,10 @@ pub struct ParsedBody<'a> {
     pub model: Option<ModelField<'a>>,
     /// Where the conversation's state is named, if anywhere.
     pub state: Option<StateRef>,
-    /// Raw `input` (Responses) for text extraction; parsed only when classification runs.
-    pub input: Option<&'a RawValue>,
-    /// Raw `messages` (chat completions).
-    pub messages: Option<&'a RawValue>,
+    /// `input` (Responses): what text extraction needs, gathered in the same single pass.
+    pub input: Option<Turns<'a>>,
+    /// `messages` (chat completions), likewise.
+    pub messages: Option<Turns<'a>>,
     /// Raw `instructions` (Responses).
     pub instructions: Option<&'a RawValue>,
 }
@@ -72,9 +73,9 @@ struct Probe<'a> {
     #[serde(borrow, default)]
     conversation: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    input: Option<&'a RawValue>,
+    input: Option<Turns<'a>>,
     #[serde(borrow, default)]
-    messages: Option<&'a RawValue>,
+    messages: Option<Turns<'a>>,
     #[serde(borrow, default)]
     instructions: Option<&'a RawValue>,
 }
@@ -96,7 +97,17 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedBody<'_>, ApiError> {
             ));
         }
     }
-    let probe: Probe<'_> = serde_json::from_slice(bytes).map_err(|e| {
+    // JSON text is UTF-8 (RFC 8259 §8.1). serde_json checks the strings it keeps but skips the
+    // fields it ignores without decoding them, so invalid bytes there would be forwarded as if the
+    // body were JSON; the backend's parser would then see another document than the router did.
+    // Checking once up front also spares serde_json re-checking every borrowed span.
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::invalid_json(format!(
+            "the request body is not valid UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        ))
+    })?;
+    let probe: Probe<'_> = serde_json::from_str(text).map_err(|e| {
         let msg = e.to_string();
         if let Some(field) = duplicate_field(&msg) {
             ApiError::invalid_field(
@@ -156,8 +167,8 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedBody<'_>, ApiError> {
         bytes,
         model,
         state,
-        input: probe.input.filter(|r| r.get() != "null"),
-        messages: probe.messages.filter(|r| r.get() != "null"),
+        input: probe.input,
+        messages: probe.messages,
         instructions: probe.instructions.filter(|r| r.get() != "null"),
     })
 }
