@@ -1,0 +1,84 @@
+//! The keyword/regex classifier alone, with a small rule set (10 keywords) and a large one (1,000
+//! keywords and 50 regexes), over the text sizes a latest user turn has.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use responses_router::classify::{Classifier, RuleCategory, RulesClassifier};
+
+fn category(name: &str, keywords: Vec<String>, patterns: Vec<String>) -> RuleCategory {
+    RuleCategory {
+        name: name.into(),
+        keywords,
+        patterns,
+        min_score: 1,
+    }
+}
+
+/// 10 keywords over two categories, like the shipped deploy/routing.yaml.
+fn small() -> RulesClassifier {
+    let words = |ws: &[&str]| ws.iter().map(|w| w.to_string()).collect();
+    RulesClassifier::new(vec![
+        category(
+            "coding",
+            words(&[
+                "python",
+                "rust",
+                "function",
+                "compiler",
+                "bug",
+                "stack trace",
+            ]),
+            vec![],
+        ),
+        category(
+            "creative",
+            words(&["story", "poem", "haiku", "novel"]),
+            vec![],
+        ),
+    ])
+    .expect("small rule set compiles")
+}
+
+/// 1,000 keywords and 50 regexes over 10 categories.
+fn large() -> RulesClassifier {
+    let categories = (0..10)
+        .map(|c| {
+            let keywords = (0..100).map(|k| format!("topic{c}term{k:03}")).collect();
+            let patterns = (0..5)
+                .map(|p| {
+                    format!(r"\b(?:ticket|case)-{c}{p}\d{{3,6}}\b|\bstage{c}{p}\s+\w+\s+report\b")
+                })
+                .collect();
+            category(&format!("category{c}"), keywords, patterns)
+        })
+        .collect();
+    RulesClassifier::new(categories).expect("large rule set compiles")
+}
+
+/// English-like text of `size` bytes that mentions a few of the keywords.
+fn text(size: usize) -> String {
+    let sentence = "Please review the attached notes about topic3term042 and the python function \
+                    that failed in stage31 nightly build report, then summarise the next steps. ";
+    sentence.repeat(size / sentence.len() + 1)[..size].to_owned()
+}
+
+fn classify(c: &mut Criterion) {
+    let rule_sets = [
+        ("10_keywords", small()),
+        ("1000_keywords_50_regexes", large()),
+    ];
+    let mut group = c.benchmark_group("classifier");
+    for size in [1 << 10, 16 << 10] {
+        let input = text(size);
+        group.throughput(Throughput::Bytes(size as u64));
+        for (name, rules) in &rule_sets {
+            let id = BenchmarkId::new(*name, format!("{}KiB", size >> 10));
+            group.bench_with_input(id, &input, |b, t| b.iter(|| rules.classify(black_box(t))));
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, classify);
+criterion_main!(benches);
