@@ -321,6 +321,61 @@ async fn websocket_upgrade_is_refused_clearly() {
 }
 
 #[tokio::test]
+async fn compressed_bodies_on_routed_endpoints_are_415_on_headers() {
+    let mut router = start().await;
+    for (path, encoding) in [
+        ("/v1/responses", "gzip"),
+        ("/v1/chat/completions", "br"),
+        ("/v1/responses/compact", "deflate, identity"),
+    ] {
+        let mut s = Stream::open(&mut router.client).await;
+        let reply = s
+            .send(headers(
+                "POST",
+                path,
+                &[("content-encoding", encoding), ("content-length", "20")],
+                false,
+            ))
+            .await
+            .unwrap();
+        let ir = immediate(&reply);
+        assert_eq!(ir.status.as_ref().unwrap().code, 415, "{path} {encoding}");
+        let error = json_error(ir);
+        assert_eq!(error["error"]["code"], "unsupported_content_encoding");
+        assert_eq!(error["error"]["type"], "invalid_request_error");
+    }
+    // `identity` is no compression; a body-less request is not judged by its encoding at all.
+    let mut s = Stream::open(&mut router.client).await;
+    let reply = s
+        .send(headers(
+            "POST",
+            "/v1/responses",
+            &[("content-encoding", "identity")],
+            false,
+        ))
+        .await
+        .unwrap();
+    assert!(
+        reply.mode_override.is_some(),
+        "identity body is buffered for routing"
+    );
+    let mut s = Stream::open(&mut router.client).await;
+    let reply = s
+        .send(headers(
+            "GET",
+            "/v1/models",
+            &[("content-encoding", "gzip")],
+            true,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        set_header(headers_common(&reply), "x-router-cluster").as_deref(),
+        Some("general")
+    );
+}
+
+#[tokio::test]
 async fn response_phases_and_trailers_get_matching_replies() {
     let mut router = start().await;
     let mut s = Stream::open(&mut router.client).await;

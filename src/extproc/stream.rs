@@ -164,6 +164,13 @@ impl StreamState {
 
         let declared_length =
             header(map, "content-length").and_then(|v| v.trim().parse::<usize>().ok());
+        if let Some(encoding) = header(map, "content-encoding")
+            .filter(|e| kind.needs_body() && !is_identity_encoding(e))
+        {
+            // The route depends on the body's text: a compressed body would be parsed as garbage
+            // (or, in a bad case, forwarded with `model: "auto"` unrouted). Refuse it up front.
+            return Ok(self.fail(&ApiError::unsupported_content_encoding(encoding)));
+        }
         if kind.needs_body() && declared_length.is_some_and(|n| n > self.table.max_body_bytes()) {
             // Refuse before Envoy ships the body over gRPC.
             return Ok(self.fail(&ApiError::body_too_large(self.table.max_body_bytes())));
@@ -370,6 +377,15 @@ impl StreamState {
     }
 }
 
+/// Whether a request `content-encoding` leaves the body as sent: empty or only `identity` codings
+/// (a list such as `gzip, identity` still compresses).
+fn is_identity_encoding(value: &str) -> bool {
+    value
+        .split(',')
+        .map(str::trim)
+        .all(|c| c.is_empty() || c.eq_ignore_ascii_case("identity"))
+}
+
 /// Header changes that carry a decision to Envoy: the routing headers the router sets, removal of
 /// every other routing header (so no client-sent value survives), a corrected content-length, and
 /// for requests that create state, `accept-encoding: identity` so the response the router learns
@@ -414,5 +430,29 @@ fn routing_mutation(
     HeaderMutation {
         set_headers: set,
         remove_headers: remove,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_identity_encoding;
+
+    #[test]
+    fn only_identity_codings_leave_the_body_readable() {
+        for v in ["", "identity", "IDENTITY", " identity , identity"] {
+            assert!(is_identity_encoding(v), "{v:?}");
+        }
+        for v in [
+            "gzip",
+            "GZIP",
+            "deflate",
+            "br",
+            "zstd",
+            "gzip, identity",
+            "identity,br",
+            "x",
+        ] {
+            assert!(!is_identity_encoding(v), "{v:?}");
+        }
     }
 }

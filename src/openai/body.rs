@@ -320,6 +320,21 @@ mod tests {
     }
 
     #[test]
+    fn invalid_utf8_anywhere_is_400() {
+        for body in [
+            &b"{\"model\":\"auto\",\"input\":\"caf\xc3\x28\"}"[..],
+            b"{\"model\":\"auto\",\"input\":\"x\",\"metadata\":{\"k\":\"\xfe\xff\"}}",
+            b"{\"model\":\"auto\",\"\xff\":1}",
+            b"{\"model\":\"auto\",\"input\":\"x\"} \xff",
+        ] {
+            let e = parse(body).unwrap_err();
+            assert_eq!((e.status, e.code), (400, "invalid_json"), "{body:?}");
+        }
+        // Non-ASCII that is valid UTF-8 is fine.
+        assert!(parse("{\"model\":\"auto\",\"input\":\"héllo ✓\"}".as_bytes()).is_ok());
+    }
+
+    #[test]
     fn deep_nesting_neither_overflows_nor_hides_the_model() {
         // serde_json skips unknown values without recursion: 100,000 levels parse in bounded stack
         // and reach the backend untouched, whose own parser decides.

@@ -120,6 +120,22 @@ impl ApiError {
         e
     }
 
+    /// A request body in a `content-encoding` the router does not read (gzip, br, ...): 415.
+    /// The router routes on the body's text, so it cannot route what it cannot read.
+    pub fn unsupported_content_encoding(encoding: &str) -> Self {
+        let mut e = Self::new(
+            ErrorKind::InvalidRequest,
+            format!(
+                "Request bodies with content-encoding `{encoding}` are not supported; \
+                 send the JSON body uncompressed."
+            ),
+            None,
+        );
+        e.status = 415;
+        e.code = "unsupported_content_encoding";
+        e
+    }
+
     /// OpenAI's `type` field for this error.
     pub fn error_type(&self) -> &'static str {
         match self.kind {
@@ -164,6 +180,9 @@ mod tests {
 
         assert_eq!(ApiError::model_not_found("x").status, 404);
         assert_eq!(ApiError::body_too_large(1).status, 413);
+        let e = ApiError::unsupported_content_encoding("gzip");
+        assert_eq!((e.status, e.code), (415, "unsupported_content_encoding"));
+        assert_eq!(e.error_type(), "invalid_request_error");
         let e = ApiError::no_upstream("none");
         assert_eq!(e.status, 503);
         let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
