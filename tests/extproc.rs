@@ -1014,3 +1014,73 @@ async fn the_explain_api_gives_the_decision_the_service_makes() {
     assert_eq!(config.clusters, ["general-a", "general-b"]);
     assert_eq!(config.default_model, "general-model");
 }
+
+#[tokio::test]
+async fn a_continuation_that_overtakes_the_observer_waits_for_its_id() {
+    let store = Arc::new(responses_router::affinity::MemoryStore::new(
+        1000,
+        std::time::Duration::from_secs(60),
+    ));
+    let mut router = start_with(LEARNING_YAML, store.clone()).await;
+    // The routing stream of a streamed turn reaches its response headers: the id is now pending.
+    let mut turn = Stream::open(&mut router.client).await;
+    turn.send(headers("POST", "/v1/responses", &[], false))
+        .await
+        .unwrap();
+    turn.send(body(
+        br#"{"model":"general-model","input":"hi","stream":true}"#,
+        true,
+    ))
+    .await
+    .unwrap();
+    let attributes = [
+        ("xds.cluster_name", "general-b"),
+        ("upstream.address", "127.0.0.1:9101"),
+    ];
+    turn.send_with_attributes(response_headers("200", "text/event-stream"), &attributes)
+        .await
+        .unwrap();
+    // The observer has the headers but its copy of the first event is still on its way.
+    let mut obs = Stream::open(&mut router.client).await;
+    let routed = [("x-router-cluster", "general-b")];
+    obs.observe(headers("POST", "/v1/responses", &routed, false), &[])
+        .await;
+    obs.observe(response_headers("200", "text/event-stream"), &attributes)
+        .await;
+
+    // Meanwhile the client already sends the next turn.
+    let mut next = Stream::open(&mut router.client).await;
+    next.send(headers("POST", "/v1/responses", &[], false))
+        .await
+        .unwrap();
+    let continuation = tokio::spawn(async move {
+        let reply = next
+            .send(body(
+                br#"{"model":"general-model","previous_response_id":"resp_late","input":"more"}"#,
+                true,
+            ))
+            .await
+            .unwrap();
+        let common = body_common(&reply);
+        (
+            set_header(common, "x-router-reason"),
+            set_header(common, "x-router-cluster"),
+        )
+    });
+    tokio::task::yield_now().await;
+    obs.observe(
+        response_body(
+            b"event: response.created\ndata: {\"response\":{\"id\":\"resp_late\"}}\n\n",
+            false,
+        ),
+        &[],
+    )
+    .await;
+    let (reason, cluster) = continuation.await.unwrap();
+    assert_eq!(
+        reason.as_deref(),
+        Some("affinity"),
+        "placed where it was learned, not by hash"
+    );
+    assert_eq!(cluster.as_deref(), Some("general-b"));
+}

@@ -3,10 +3,12 @@
 //!
 //! - [`envoy`]: reading Envoy headers and building `ProcessingResponse`s (mutations, errors, modes).
 //! - [`stream`]: the per-stream state machine (one reply per message, in order).
+//! - [`observe`]: learning ids from responses; [`pending`]: continuations never overtake it.
 //! - [`service`]: the gRPC service and the TCP / Unix-socket servers.
 
 pub mod envoy;
 pub mod observe;
+pub mod pending;
 pub mod service;
 pub mod stream;
 

@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 use super::CLUSTER_HEADER;
 use super::envoy::header;
+use super::pending::PendingIds;
 use crate::affinity::{AffinityStore, Location};
 use crate::openai::RequestKind;
 use crate::telemetry::Metrics;
@@ -151,17 +152,27 @@ pub enum Step {
 pub struct Observer {
     store: Arc<dyn AffinityStore>,
     metrics: Arc<Metrics>,
+    /// Where the routing stream announced this response, when learning is on.
+    pending: Option<Arc<PendingIds>>,
+    request_id: String,
     routed_cluster: Option<String>,
     location: Option<Location>,
     capture: Option<IdCapture>,
 }
 
 impl Observer {
-    /// An observer recording into `store`.
-    pub fn new(store: Arc<dyn AffinityStore>, metrics: Arc<Metrics>) -> Self {
+    /// An observer recording into `store`; with learning on, it tells `pending` when it is done
+    /// with a streamed response.
+    pub fn new(
+        store: Arc<dyn AffinityStore>,
+        metrics: Arc<Metrics>,
+        pending: Option<Arc<PendingIds>>,
+    ) -> Self {
         Observer {
             store,
             metrics,
+            pending,
+            request_id: String::new(),
             routed_cluster: None,
             location: None,
             capture: None,
@@ -181,6 +192,7 @@ impl Observer {
                 if !kind.creates_state() {
                     return Step::Done;
                 }
+                self.request_id = header(map, "x-request-id").unwrap_or_default().to_owned();
                 self.routed_cluster = header(map, CLUSTER_HEADER).map(str::to_owned);
                 Step::Continue
             }
@@ -228,6 +240,18 @@ impl Observer {
             }
             Some(_) => Step::Continue,
             None => Step::Done,
+        }
+    }
+}
+
+impl Drop for Observer {
+    /// However the stream ends (id recorded, given up, closed by Envoy), a streamed response it
+    /// watched is no longer pending.
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.as_ref().filter(|_| self.capture.is_some())
+            && !self.request_id.is_empty()
+        {
+            pending.close(&self.request_id);
         }
     }
 }

@@ -16,6 +16,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStre
 use tonic::{Request, Response, Status, Streaming};
 
 use super::observe::{Observer, Step};
+use super::pending::{PendingIds, SettlingStore};
 use super::stream::StreamState;
 use crate::affinity::AffinityStore;
 use crate::api::AdminApi;
@@ -27,17 +28,21 @@ use crate::telemetry::metrics::Phase;
 #[derive(Clone)]
 pub struct RouterService {
     table: SharedTable,
+    /// The store as routing sees it: a miss waits for streamed ids still being learned.
     store: Arc<dyn AffinityStore>,
     metrics: Arc<Metrics>,
+    pending: Arc<PendingIds>,
 }
 
 impl RouterService {
     /// A service routing with `table`, learning affinity into `store`, counting into `metrics`.
     pub fn new(table: SharedTable, store: Arc<dyn AffinityStore>, metrics: Arc<Metrics>) -> Self {
+        let pending = Arc::new(PendingIds::default());
         RouterService {
             table,
-            store,
+            store: Arc::new(SettlingStore::new(store, Arc::clone(&pending))),
             metrics,
+            pending,
         }
     }
 
@@ -67,10 +72,17 @@ impl ExternalProcessor for RouterService {
     ) -> Result<Response<Self::ProcessStream>, Status> {
         let mut inbound = request.into_inner();
         let (store, metrics) = (Arc::clone(&self.store), Arc::clone(&self.metrics));
+        let table = self.table.current();
+        let pending = table
+            .config()
+            .affinity
+            .learn
+            .then(|| Arc::clone(&self.pending));
         let mut state = StreamState::new(
-            self.table.current(),
+            table,
             Arc::clone(&self.store),
             Arc::clone(&self.metrics),
+            Arc::clone(&self.pending),
         );
         // Replies are strictly one per message, so a small channel never holds more than one.
         let (tx, rx) = tokio::sync::mpsc::channel(2);
@@ -91,7 +103,8 @@ impl ExternalProcessor for RouterService {
                 if message.observability_mode {
                     // The observer filter's stream: learn from it, never answer (Envoy ignores
                     // answers in this mode); dropping `tx` closes it once nothing more is needed.
-                    let mut observer = Observer::new(Arc::clone(&store), Arc::clone(&metrics));
+                    let mut observer =
+                        Observer::new(Arc::clone(&store), Arc::clone(&metrics), pending);
                     let mut next = Some(message);
                     while let Some(m) = next.take() {
                         let started = std::time::Instant::now();

@@ -19,6 +19,7 @@ use envoy_types::pb::google::protobuf::Struct;
 
 use super::envoy::{self as msg, header};
 use super::observe::{Capture, IdCapture, attribute};
+use super::pending::PendingIds;
 use super::{
     CATEGORY_HEADER, CLASSIFIED_MODEL_HEADER, CLUSTER_HEADER, DESTINATION_HEADER, MODEL_HEADER,
     REASON_HEADER, ROUTING_HEADERS, SESSION_HOST_HEADER,
@@ -69,6 +70,8 @@ pub struct StreamState {
     table: Arc<RoutingTable>,
     store: Arc<dyn AffinityStore>,
     metrics: Arc<Metrics>,
+    /// Streamed responses whose id the observer has yet to learn.
+    pending: Arc<PendingIds>,
     phase: Phase,
     learning: Learning,
     /// Envoy's `x-request-id`, carried by every log line about this request.
@@ -95,16 +98,19 @@ enum Learning {
 }
 
 impl StreamState {
-    /// A stream routed with `table`, asking `store` about state ids.
+    /// A stream routed with `table`, asking `store` about state ids, announcing streamed responses
+    /// to `pending`.
     pub fn new(
         table: Arc<RoutingTable>,
         store: Arc<dyn AffinityStore>,
         metrics: Arc<Metrics>,
+        pending: Arc<PendingIds>,
     ) -> Self {
         StreamState {
             table,
             store,
             metrics,
+            pending,
             phase: Phase::AwaitingHeaders,
             learning: Learning::Off,
             request_id: String::new(),
@@ -320,6 +326,11 @@ impl StreamState {
         let json = header(map, "content-type").is_some_and(|c| c.contains("json"));
         let encoded =
             header(map, "content-encoding").is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
+        let sse = header(map, "content-type").is_some_and(|c| c.contains("text/event-stream"));
+        if ok && sse && !encoded && !headers.end_of_stream && !self.request_id.is_empty() {
+            // The observer learns this stream's id; until it has, continuations wait for it.
+            self.pending.open(&self.request_id);
+        }
         if !ok || !json || encoded || headers.end_of_stream {
             return msg::response_headers_reply(None);
         }
