@@ -11,13 +11,15 @@ median and p90 time to first byte and the median and p99 extra delay between chu
 the simulator's own delay). Results go to bench/results/stream_overhead.{md,json}.
 
     .venv/bin/python bench/stream_overhead.py [--requests 60] [--chunks 20] [--delay-ms 10]
+
+RESPONSES_ROUTER_BIN=path uses a prebuilt router instead of `cargo build --release`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
+import os
 import statistics
 import subprocess
 import sys
@@ -27,19 +29,8 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from procs import Proc, free_ports, http_status, render_ports, tcp_open  # noqa: E402
-
-SHIPPED_PORTS = {"listener": 8080, "admin": 9901, "router": 50051, "general": 8101, "code": 8102,
-                 "story-a": 8103, "story-b": 8104}
-
-
-def bare_config(text: str) -> str:
-    """The shipped config without the router: drop filters (2)..(4), route to `code` directly."""
-    text, n = re.subn(r"          # \(2\).*?(?=          # \(5\))", "", text, flags=re.S)
-    assert n == 1, "filter markers (2)..(5) not found in deploy/envoy.yaml"
-    return text.replace("cluster_header: x-router-cluster", "cluster: code")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stack import ROOT, SHIPPED_PORTS, Proc, bare_config, free_ports, http_status, render_envoy, tcp_open  # noqa: E402
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -73,8 +64,11 @@ def main() -> None:
     ap.add_argument("--delay-ms", type=int, default=10)
     args = ap.parse_args()
 
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "responses-router"], cwd=ROOT, check=True)
-    binary = str(ROOT / "target" / "release" / "responses-router")
+    # RESPONSES_ROUTER_BIN: a prebuilt binary (as for the e2e tests and bench/e2e); else build.
+    binary = os.environ.get("RESPONSES_ROUTER_BIN")
+    if not binary:
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "responses-router"], cwd=ROOT, check=True)
+        binary = str(ROOT / "target" / "release" / "responses-router")
     envoy = str(ROOT / ".venv" / "bin" / "envoy")
     work = Path(tempfile.mkdtemp(prefix="stream-overhead-"))
     shipped = (ROOT / "deploy" / "envoy.yaml").read_text()
@@ -88,11 +82,11 @@ def main() -> None:
                                   "--stream-chunks", str(args.chunks)], work / "sim.log"))
         procs.append(Proc("router", [binary, "serve", "--config", str(ROOT / "deploy" / "routing.yaml"),
                                      "--listen", f"127.0.0.1:{router_port}"], work / "router.log"))
-        for name, text in (("bare", bare_config(shipped)), ("router", shipped)):
+        for name, text in (("bare", bare_config(shipped, "code")), ("router", shipped)):
             listener, admin, *others = free_ports(6)
             ports = dict(zip(SHIPPED_PORTS, [listener, admin, router_port, others[0], sim_port, *others[1:4]]))
             config = work / f"envoy-{name}.yaml"
-            config.write_text(render_ports(text, {SHIPPED_PORTS[k]: ports[k] for k in SHIPPED_PORTS}, name))
+            config.write_text(render_envoy(text, ports, name))
             proc = Proc(f"envoy-{name}", [envoy, "-c", str(config), "--disable-hot-restart", "--log-level", "error"],
                         work / f"envoy-{name}.log")
             procs.append(proc)
