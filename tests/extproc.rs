@@ -700,22 +700,17 @@ async fn learn_then_continue(
     content_type: &str,
     body_chunks: &[&[u8]],
 ) -> ProcessingResponseView {
+    // As the shipped envoy.yaml configures it: no request headers, the request facts come as
+    // attributes of the response headers.
     let mut obs = Stream::open(&mut router.client).await;
-    obs.observe(
-        headers(
-            "POST",
-            "/v1/responses",
-            &[("x-router-cluster", served_by)],
-            false,
-        ),
-        &[],
-    )
-    .await;
     obs.observe(
         response_headers("200", content_type),
         &[
             ("xds.cluster_name", served_by),
             ("upstream.address", "127.0.0.1:9101"),
+            ("request.id", "req-observed"),
+            ("request.path", "/v1/responses"),
+            ("request.method", "POST"),
         ],
     )
     .await;
@@ -889,6 +884,16 @@ async fn errors_and_stateless_requests_teach_nothing() {
     obs.observe(headers("POST", "/v1/chat/completions", &[], false), &[])
         .await;
     assert!(obs.closed().await);
+    // The same chat stream as the shipped config sends it: attributes on the response headers.
+    let mut obs = Stream::open(&mut router.client).await;
+    let chat = [
+        ("xds.cluster_name", "general-a"),
+        ("request.path", "/v1/chat/completions"),
+        ("request.method", "POST"),
+    ];
+    obs.observe(response_headers("200", "text/event-stream"), &chat)
+        .await;
+    assert!(obs.closed().await, "closed at the headers, no chunk read");
     assert!(store.is_empty());
 }
 

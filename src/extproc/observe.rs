@@ -197,6 +197,20 @@ impl Observer {
                 Step::Continue
             }
             Some(Request::ResponseHeaders(h)) => {
+                // Envoy is configured not to send the observer the request headers (a message
+                // per request saved); the request's method, path and id come as attributes.
+                let attributes = &message.attributes;
+                if self.request_id.is_empty() {
+                    let kind = RequestKind::classify(
+                        &attribute(attributes, "request.method").unwrap_or_default(),
+                        &attribute(attributes, "request.path").unwrap_or_default(),
+                        false,
+                    );
+                    if !kind.creates_state() {
+                        return Step::Done;
+                    }
+                    self.request_id = attribute(attributes, "request.id").unwrap_or_default();
+                }
                 let map = h.headers.as_ref();
                 let ok = header(map, ":status").is_some_and(|s| s.starts_with('2'));
                 let encoded = header(map, "content-encoding")
@@ -204,14 +218,14 @@ impl Observer {
                 if !ok || encoded || h.end_of_stream {
                     return Step::Done;
                 }
-                let cluster = attribute(&message.attributes, "xds.cluster_name")
+                let cluster = attribute(attributes, "xds.cluster_name")
                     .or_else(|| self.routed_cluster.clone());
                 let Some(cluster) = cluster else {
                     return Step::Done;
                 };
                 self.location = Some(Location {
                     cluster,
-                    host: attribute(&message.attributes, "upstream.address"),
+                    host: attribute(attributes, "upstream.address"),
                 });
                 // JSON responses are learned by the routing stream itself, before the client sees
                 // them; the observer only watches streams, which must never wait.
