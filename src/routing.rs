@@ -88,6 +88,9 @@ pub struct Decision {
     pub state: Option<StateRef>,
     /// How a request with a state id was placed.
     pub affinity: Option<AffinityOutcome>,
+    /// The answer will be an SSE stream creating state, whose id only the observer filter can
+    /// learn; every other request can skip that filter.
+    pub learn_from_stream: bool,
     /// The text that was classified (explain only; never logged by default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
@@ -159,6 +162,7 @@ pub fn decide(
         classified_model: None,
         state,
         affinity: None,
+        learn_from_stream: false,
         text: None,
         scores: Vec::new(),
         new_body: None,
@@ -189,6 +193,7 @@ pub fn decide(
         | RequestKind::ChatCompletions => {
             let parsed =
                 parsed.ok_or_else(|| ApiError::invalid_json("the request body is empty"))?;
+            decision.learn_from_stream = parsed.stream && meta.kind.creates_state();
             choose_model(table, meta.kind, parsed, &mut decision)?;
             let candidates = match &decision.model {
                 Some(model) => table.candidates_for(model),

@@ -12,7 +12,8 @@ use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders};
 use responses_router::affinity::{AffinityStore, Location};
 
-const ROUTING: [&str; 7] = [
+const ROUTING: [&str; 8] = [
+    "x-router-skip-observer",
     "x-router-session-host",
     "x-router-cluster",
     "x-selected-model",
@@ -1088,4 +1089,42 @@ async fn a_continuation_that_overtakes_the_observer_waits_for_its_id() {
         "placed where it was learned, not by hash"
     );
     assert_eq!(cluster.as_deref(), Some("general-b"));
+}
+
+#[tokio::test]
+async fn only_streams_that_create_state_keep_the_observer() {
+    let store = Arc::new(responses_router::affinity::MemoryStore::new(
+        1000,
+        std::time::Duration::from_secs(60),
+    ));
+    let mut router = start_with(LEARNING_YAML, store).await;
+    let cases: [(&str, &[u8], Option<&str>); 4] = [
+        ("/v1/responses", br#"{"model":"general-model","input":"hi","stream":true}"#, None),
+        ("/v1/responses", br#"{"model":"general-model","input":"hi"}"#, Some("1")),
+        ("/v1/responses", br#"{"model":"general-model","input":"hi","stream":"true"}"#, Some("1")),
+        ("/v1/chat/completions", br#"{"model":"general-model","messages":[{"role":"user","content":"hi"}],"stream":true}"#, Some("1")),
+    ];
+    for (path, request, skip) in cases {
+        let mut s = Stream::open(&mut router.client).await;
+        // A client's own value never survives.
+        s.send(headers(
+            "POST",
+            path,
+            &[("x-router-skip-observer", "1")],
+            false,
+        ))
+        .await
+        .unwrap();
+        let reply = s.send(body(request, true)).await.unwrap();
+        let common = body_common(&reply);
+        assert_eq!(
+            set_header(common, "x-router-skip-observer").as_deref(),
+            skip,
+            "{path} {}",
+            String::from_utf8_lossy(request)
+        );
+        if skip.is_none() {
+            assert!(removed_headers(common).contains(&"x-router-skip-observer".to_string()));
+        }
+    }
 }

@@ -32,9 +32,14 @@ pub const SESSION_HOST_HEADER: &str = "x-router-session-host";
 /// does not set it, but strips it, so a client cannot use it against such a cluster.
 pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
 
+/// Set to `1` on requests whose answer the observer filter need not see (all but `stream: true`
+/// requests that create state): Envoy then skips that filter (`ExtensionWithMatcher` in
+/// deploy/envoy.yaml), saving a gRPC stream and its messages per request.
+pub const SKIP_OBSERVER_HEADER: &str = "x-router-skip-observer";
+
 /// Every header that can influence routing. A client may send any of them; the router removes
 /// them all on every request it sees before setting its own, so none can choose an upstream.
-pub const ROUTING_HEADERS: [&str; 7] = [
+pub const ROUTING_HEADERS: [&str; 8] = [
     CLUSTER_HEADER,
     MODEL_HEADER,
     REASON_HEADER,
@@ -42,4 +47,5 @@ pub const ROUTING_HEADERS: [&str; 7] = [
     CLASSIFIED_MODEL_HEADER,
     SESSION_HOST_HEADER,
     DESTINATION_HEADER,
+    SKIP_OBSERVER_HEADER,
 ];

@@ -22,7 +22,7 @@ use super::observe::{Capture, IdCapture, attribute};
 use super::pending::PendingIds;
 use super::{
     CATEGORY_HEADER, CLASSIFIED_MODEL_HEADER, CLUSTER_HEADER, DESTINATION_HEADER, MODEL_HEADER,
-    REASON_HEADER, ROUTING_HEADERS, SESSION_HOST_HEADER,
+    REASON_HEADER, ROUTING_HEADERS, SESSION_HOST_HEADER, SKIP_OBSERVER_HEADER,
 };
 use crate::affinity::{AffinityStore, Location};
 use crate::config::RoutingTable;
@@ -218,8 +218,13 @@ impl StreamState {
                         learn,
                     };
                 }
+                let observe = learn && decision.learn_from_stream;
                 Ok(msg::request_headers_reply(
-                    msg::common(routing_mutation(&decision, &kind, None), None, true),
+                    msg::common(
+                        routing_mutation(&decision, &kind, None, observe),
+                        None,
+                        true,
+                    ),
                     watch.then(|| msg::request_mode(false, true)),
                 ))
             }
@@ -282,8 +287,9 @@ impl StreamState {
                     .as_ref()
                     .filter(|_| buffered.had_content_length)
                     .map(Vec::len);
+                let observe = self.learns(&buffered.kind) && decision.learn_from_stream;
                 Ok(msg::request_body_reply(msg::common(
-                    routing_mutation(&decision, &buffered.kind, length),
+                    routing_mutation(&decision, &buffered.kind, length, observe),
                     new_body.map(msg::replace_body),
                     true,
                 )))
@@ -405,6 +411,7 @@ fn routing_mutation(
     decision: &Decision,
     kind: &RequestKind,
     content_length: Option<usize>,
+    observe: bool,
 ) -> HeaderMutation {
     use base64::Engine as _;
     let session_host = decision
@@ -424,6 +431,7 @@ fn routing_mutation(
         ),
         (SESSION_HOST_HEADER, session_host.as_deref()),
         (DESTINATION_HEADER, None),
+        (SKIP_OBSERVER_HEADER, (!observe).then_some("1")),
     ];
     let mut remove = Vec::new();
     for (name, value) in optional {

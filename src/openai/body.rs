@@ -24,6 +24,8 @@ pub struct ParsedBody<'a> {
     pub model: Option<ModelField<'a>>,
     /// Where the conversation's state is named, if anywhere.
     pub state: Option<StateRef>,
+    /// `"stream": true`: the answer is an SSE stream (learned by the observer filter).
+    pub stream: bool,
     /// `input` (Responses): what text extraction needs, gathered in the same single pass.
     pub input: Option<Turns<'a>>,
     /// `messages` (chat completions), likewise.
@@ -78,6 +80,8 @@ struct Probe<'a> {
     messages: Option<Turns<'a>>,
     #[serde(borrow, default)]
     instructions: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    stream: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +171,7 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedBody<'_>, ApiError> {
         bytes,
         model,
         state,
+        stream: probe.stream.is_some_and(|r| r.get() == "true"),
         input: probe.input,
         messages: probe.messages,
         instructions: probe.instructions.filter(|r| r.get() != "null"),
@@ -235,6 +240,7 @@ fn duplicate_field(msg: &str) -> Option<&'static str> {
         "input",
         "messages",
         "instructions",
+        "stream",
     ]
     .into_iter()
     .find(|f| *f == name)

@@ -118,3 +118,21 @@ def test_ext_proc_protocol_health(stack, client, raw):
     for problem in ("spurious_msgs_received", "rejected_header_mutations", "message_timeouts",
                     "failure_mode_allowed", "clear_route_cache_ignored", "streams_failed", "server_half_closed"):
         assert delta(problem) == 0, problem
+
+
+def test_only_streams_that_create_state_reach_the_observer(stack, client):
+    """The observer filter (a second gRPC stream per request) runs for `stream: true` Responses
+    requests only; JSON answers, chat streams and pass-through requests skip it."""
+    before = envoy_stats(stack)
+    client.responses.create(model="auto", input=CODING_PROMPT)
+    client.models.list()
+    for _ in client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}], stream=True):
+        pass
+    assert envoy_stats(stack).get("http.openai.ext_proc.observer.streams_started", 0) == \
+        before.get("http.openai.ext_proc.observer.streams_started", 0)
+    with client.responses.create(model="auto", input="Tell me a story.", stream=True) as stream:
+        for _ in stream:
+            pass
+    after = envoy_stats(stack)
+    assert after["http.openai.ext_proc.observer.streams_started"] == \
+        before.get("http.openai.ext_proc.observer.streams_started", 0) + 1
