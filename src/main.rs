@@ -75,6 +75,17 @@ enum Command {
             default_value_t = 5
         )]
         config_poll_seconds: u64,
+        /// Threads serving Envoy. One is the default: measured on 2 cores shared with Envoy, a
+        /// single thread used a third less CPU per request than two (no cross-thread wake-ups)
+        /// and let Envoy serve about 50% more requests. Raise it when the router has cores of
+        /// its own and one thread is kept busy.
+        #[arg(
+            long,
+            env = "RESPONSES_ROUTER_WORKER_THREADS",
+            default_value_t = 1,
+            value_parser = clap::value_parser!(u16).range(1..)
+        )]
+        worker_threads: u16,
     },
     /// Check a routing YAML; exits non-zero and names every problem.
     Validate {
@@ -101,11 +112,24 @@ enum Command {
     Simulate(responses_router::simulator::SimulateArgs),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    match cli.command {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve { worker_threads, .. } = &cli.command {
+        runtime.worker_threads(usize::from(*worker_threads));
+    }
+    match runtime.enable_all().build() {
+        Ok(runtime) => runtime.block_on(run(cli.command)),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> ExitCode {
+    match command {
         Command::Serve {
             config,
             listen,
@@ -114,6 +138,7 @@ async fn main() -> ExitCode {
             config_poll_seconds,
             ready_requires_store,
             drain_seconds,
+            worker_threads: _,
         } => {
             let options = ServeOptions {
                 admin_listen,
