@@ -13,15 +13,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from procs import Proc, free_ports, http_status, render_ports, tcp_open  # noqa: E402,F401
-
-ENVOY_YAML = ROOT / "deploy" / "envoy.yaml"
-ROUTING_YAML = ROOT / "deploy" / "routing.yaml"
-
-# Ports in the shipped deploy/envoy.yaml, replaced by free ones at run time.
-SHIPPED_PORTS = {"listener": 8080, "admin": 9901, "router": 50051, "general": 8101, "code": 8102,
-                 "story-a": 8103, "story-b": 8104}
-STARTUP_TIMEOUT = 30.0
+from procs import (  # noqa: E402,F401
+    ENVOY_YAML, ROUTING_YAML, SHIPPED_PORTS, STARTUP_TIMEOUT, Proc, free_ports, http_status, render_ports, tcp_open,
+)
 
 
 def bare_config(text: str, cluster: str) -> str:

@@ -62,7 +62,17 @@ struct WithId<'a> {
 #[derive(Deserialize)]
 struct Event<'a> {
     #[serde(borrow)]
-    response: Option<WithId<'a>>,
+    response: Option<&'a serde_json::value::RawValue>,
+}
+
+/// The non-empty string `id` of a JSON object. serde's derived structs also accept an array (fields
+/// by position), which is no response or conversation object, so anything but an object is refused.
+fn object_id(json: &[u8]) -> Option<String> {
+    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let id = serde_json::from_slice::<WithId<'_>>(json).ok()?.id?;
+    (!id.is_empty()).then(|| id.into_owned())
 }
 
 impl IdCapture {
@@ -77,20 +87,29 @@ impl IdCapture {
 
     /// Feeds one body chunk; `end` marks the last one.
     pub fn feed(&mut self, chunk: &[u8], end: bool) -> Capture {
-        let limit = if self.sse { SSE_LIMIT } else { JSON_LIMIT };
-        if self.buf.len() + chunk.len() > limit {
+        if self.sse {
+            // The first SSE_LIMIT bytes are read however Envoy chunks the stream: a chunk running
+            // past the limit still has its first bytes scanned, so an id in the first event is
+            // learned from one large chunk as it is from many small ones.
+            let room = SSE_LIMIT.saturating_sub(self.buf.len());
+            let over = chunk.len() > room;
+            self.buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            return match self.scan_events(end && !over) {
+                Capture::Pending if over => Capture::GaveUp,
+                decided => decided,
+            };
+        }
+        // A JSON body is only read whole, so one over the limit has no usable id.
+        if self.buf.len() + chunk.len() > JSON_LIMIT {
             return Capture::GaveUp;
         }
         self.buf.extend_from_slice(chunk);
-        if self.sse {
-            self.scan_events(end)
-        } else if end {
-            match serde_json::from_slice::<WithId<'_>>(&self.buf) {
-                Ok(WithId { id: Some(id) }) if !id.is_empty() => Capture::Found(id.into_owned()),
-                _ => Capture::GaveUp,
-            }
-        } else {
-            Capture::Pending
+        if !end {
+            return Capture::Pending;
+        }
+        match object_id(&self.buf) {
+            Some(id) => Capture::Found(id),
+            None => Capture::GaveUp,
         }
     }
 
@@ -114,17 +133,19 @@ impl IdCapture {
     }
 }
 
-/// Length of the first complete event in `bytes` and of its blank-line separator.
+/// Length of the first complete event in `bytes` and of its blank-line separator (`\n\n` or
+/// `\r\n\r\n`, whichever starts first). One pass over the line feeds: searching for each separator
+/// through the whole buffer made every event cost the rest of the buffer.
 fn event_end(bytes: &[u8]) -> Option<(usize, usize)> {
-    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
-    let crlf = bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
+    for (i, _) in bytes.iter().enumerate().filter(|(_, b)| **b == b'\n') {
+        if bytes.get(i + 1) == Some(&b'\n') {
+            return Some((i, 2));
+        }
+        if i > 0 && bytes[i - 1] == b'\r' && bytes.get(i + 1..i + 3) == Some(&b"\r\n"[..]) {
+            return Some((i - 1, 4));
+        }
     }
+    None
 }
 
 fn response_id_of_event(event: &[u8]) -> Option<String> {
@@ -135,9 +156,11 @@ fn response_id_of_event(event: &[u8]) -> Option<String> {
         .map(|d| d.strip_prefix(' ').unwrap_or(d))
         .collect();
     let data = data.join("\n");
+    if !data.trim_start().starts_with('{') {
+        return None;
+    }
     let event: Event<'_> = serde_json::from_str(&data).ok()?;
-    let id = event.response?.id?;
-    (!id.is_empty()).then(|| id.into_owned())
+    object_id(event.response?.get().as_bytes())
 }
 
 /// Whether the observer wants more messages of this stream.
@@ -347,5 +370,57 @@ mod tests {
     fn limits_bound_the_buffer() {
         let mut c = IdCapture::new(true);
         assert_eq!(c.feed(&vec![b'x'; SSE_LIMIT + 1], false), Capture::GaveUp);
+        let mut c = IdCapture::new(false);
+        assert_eq!(c.feed(&vec![b' '; JSON_LIMIT + 1], true), Capture::GaveUp);
+    }
+
+    /// Found by the `sse_id_capture` fuzz target: a first chunk larger than the limit used to be
+    /// refused unread, while the same bytes in small chunks were learned.
+    #[test]
+    fn sse_id_found_whatever_the_chunking_when_the_stream_outgrows_the_limit() {
+        let mut stream =
+            b"event: response.created\ndata: {\"response\":{\"id\":\"resp_big\"}}\n\n".to_vec();
+        while stream.len() <= SSE_LIMIT {
+            stream.extend_from_slice(
+                b"event: response.output_text.delta\ndata: {\"delta\":\"x\"}\n\n",
+            );
+        }
+        let found = Capture::Found("resp_big".into());
+        assert_eq!(IdCapture::new(true).feed(&stream, false), found);
+        let mut c = IdCapture::new(true);
+        let outcomes: Vec<Capture> = stream.chunks(7).map(|ch| c.feed(ch, false)).collect();
+        assert_eq!(
+            outcomes.iter().find(|o| **o != Capture::Pending),
+            Some(&found)
+        );
+        // Only the first SSE_LIMIT bytes are read: an id beyond them is not learned, in one chunk
+        // or in many.
+        let mut late = vec![b' '; SSE_LIMIT - 10];
+        late.extend_from_slice(b"\n\ndata: {\"response\":{\"id\":\"resp_late\"}}\n\n");
+        assert_eq!(IdCapture::new(true).feed(&late, true), Capture::GaveUp);
+        let mut c = IdCapture::new(true);
+        let outcomes: Vec<Capture> = late.chunks(1000).map(|ch| c.feed(ch, false)).collect();
+        assert!(outcomes.contains(&Capture::GaveUp), "{outcomes:?}");
+        assert!(!outcomes.iter().any(|o| matches!(o, Capture::Found(_))));
+    }
+
+    /// Found by the fuzz targets: serde's derived structs read an array as a struct (fields by
+    /// position), so `[{"id":..}]` used to yield an id. Only an object names a response.
+    #[test]
+    fn ids_only_from_objects() {
+        for stream in [
+            &b"data: [{\"id\":\"resp_a\"}]\n\n"[..],
+            b"data: {\"response\":[\"resp_a\"]}\n\n",
+        ] {
+            assert_eq!(IdCapture::new(true).feed(stream, true), Capture::GaveUp);
+        }
+        assert_eq!(
+            IdCapture::new(false).feed(b"[\"resp_a\"]", true),
+            Capture::GaveUp
+        );
+        assert_eq!(
+            IdCapture::new(false).feed(b" \n{\"id\":\"resp_a\"}", true),
+            Capture::Found("resp_a".into())
+        );
     }
 }

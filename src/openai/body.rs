@@ -143,12 +143,19 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedBody<'_>, ApiError> {
             Some(string_value(raw, "conversation")?.into_owned())
         }
         Some(raw) => {
-            let obj: ConversationObject<'_> = serde_json::from_str(raw.get()).map_err(|_| {
+            let invalid = || {
                 ApiError::invalid_field(
                     "conversation",
                     "`conversation` must be a string or an object with a string `id`",
                 )
-            })?;
+            };
+            // serde's derived structs also read an array by position (`["conv_1"]`), which the
+            // backend refuses: only an object may name the conversation.
+            if !raw.get().starts_with('{') {
+                return Err(invalid());
+            }
+            let obj: ConversationObject<'_> =
+                serde_json::from_str(raw.get()).map_err(|_| invalid())?;
             Some(obj.id.into_owned())
         }
     };
@@ -383,6 +390,8 @@ mod tests {
             r#"{"previous_response_id":""}"#,
             r#"{"conversation":{"id":3}}"#,
             r#"{"conversation":[]}"#,
+            // Found by the body_splice fuzz target: an array was read as the object's fields.
+            r#"{"conversation":["conv_1"]}"#,
             r#"{"previous_response_id":"r","conversation":"c"}"#,
         ] {
             assert_eq!(parse(bad.as_bytes()).unwrap_err().status, 400, "{bad}");

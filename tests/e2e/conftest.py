@@ -25,26 +25,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import CODE_CHUNK_DELAY_MS, CODE_STREAM_CHUNKS  # noqa: E402
-from procs import Proc, StartupError, cargo_target_dir, free_ports, http_status, render_ports, tcp_open  # noqa: E402
+from procs import (  # noqa: E402
+    ENVOY_YAML, ROOT, ROUTING_YAML, SHIPPED_PORTS, SIMULATORS, STARTUP_TIMEOUT, Proc, StartupError, cargo_target_dir,
+    free_ports, http_status, render_ports, tcp_open,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-ENVOY_YAML = ROOT / "deploy" / "envoy.yaml"
-ROUTING_YAML = ROOT / "deploy" / "routing.yaml"
-
-# Ports in the shipped deploy/envoy.yaml (the ports scripts/stack uses), replaced by free ones at run time.
-SHIPPED_PORTS = {
-    "listener": 8080, "admin": 9901, "router": 50051,
-    "general": 8101, "code": 8102, "story-a": 8103, "story-b": 8104,
-}
-# Simulators: name -> (port key, served model). The two story hosts form one cluster (`stories`).
-SIMULATORS = {
-    "sim-general": ("general", "general-model"),
-    "sim-code": ("code", "code-model"),
-    "sim-story-a": ("story-a", "story-model"),
-    "sim-story-b": ("story-b", "story-model"),
-}
-
-STARTUP_TIMEOUT = 30.0
 BUILD_TIMEOUT = 1500.0
 CLIENT_TIMEOUT = 30.0
 

@@ -26,34 +26,12 @@ from pathlib import Path
 import httpx
 import openai
 
-from procs import Proc, free_ports, http_status, render_ports, tcp_open
+from helpers import CONVERSATION_PROMPTS as PROMPTS, SIMULATOR_OUTPUT as OUTPUT
+from procs import (
+    ENVOY_YAML, ROOT, ROUTING_YAML, SHIPPED_PORTS, SIMULATORS, STARTUP_TIMEOUT, Proc, free_ports, http_status,
+    render_ports, tcp_open,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-ENVOY_YAML = ROOT / "deploy" / "envoy.yaml"
-ROUTING_YAML = ROOT / "deploy" / "routing.yaml"
-SHIPPED_PORTS = {
-    "listener": 8080, "admin": 9901, "router": 50051,
-    "general": 8101, "code": 8102, "story-a": 8103, "story-b": 8104,
-}
-SIMULATORS = {
-    "sim-general": ("general", "general-model"),
-    "sim-code": ("code", "code-model"),
-    "sim-story-a": ("story-a", "story-model"),
-    "sim-story-b": ("story-b", "story-model"),
-}
-STARTUP_TIMEOUT = 30.0
-
-# Turn prompts move between the categories (story, coding, none), so classification alone would
-# move most conversations between clusters: only learned affinity keeps them where their state is.
-PROMPTS = [
-    "Tell me a short story about a lighthouse keeper.",
-    "Now write a python function that counts its words.",
-    "What is the capital of Peru?",
-    "Turn it into a haiku.",
-    "Summarise everything so far.",
-]
-# The simulator's answer names the instance that served it and how many turns its chain holds.
-OUTPUT = re.compile(r"^\[(?P<instance>[\w-]+)/(?P<model>[\w-]+)\] turn (?P<turn>\d+):")
 
 
 class Fleet:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 # sim-code streams slowly (5 chunks, 200 ms apart) so the streaming tests can tell a pass-through
@@ -14,6 +15,19 @@ CODE_CHUNK_DELAY_MS = 200
 CODING_PROMPT = "Write a Python function that parses a CSV file, and fix the bug in it."
 # Contains none of the coding keywords or patterns.
 GENERAL_PROMPT = "What is the capital of France? Answer in one short sentence."
+
+# Multi-turn conversations: turn prompts move between the categories (story, coding, none), so the
+# classifier alone would move most conversations between clusters mid-way: only learned affinity
+# keeps them where their state is.
+CONVERSATION_PROMPTS = [
+    "Tell me a short story about a lighthouse keeper.",
+    "Now write a python function that counts its words.",
+    "What is the capital of Peru?",
+    "Turn it into a haiku.",
+    "Summarise everything so far.",
+]
+# The simulator's answer names the instance that served it and how many turns its chain holds.
+SIMULATOR_OUTPUT = re.compile(r"^\[(?P<instance>[\w-]+)/(?P<model>[\w-]+)\] turn (?P<turn>\d+):")
 
 
 def input_shapes(text: str) -> dict[str, Any]:

@@ -17,6 +17,25 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 
+# The shipped local stack (deploy/envoy.yaml + deploy/routing.yaml, as scripts/stack runs it), which
+# the tests and benchmarks start on free ports instead of these.
+ROOT = Path(__file__).resolve().parents[2]
+ENVOY_YAML = ROOT / "deploy" / "envoy.yaml"
+ROUTING_YAML = ROOT / "deploy" / "routing.yaml"
+SHIPPED_PORTS = {
+    "listener": 8080, "admin": 9901, "router": 50051,
+    "general": 8101, "code": 8102, "story-a": 8103, "story-b": 8104,
+}
+# Simulators: name -> (port key, served model). The two story hosts form one cluster (`stories`).
+SIMULATORS = {
+    "sim-general": ("general", "general-model"),
+    "sim-code": ("code", "code-model"),
+    "sim-story-a": ("story-a", "story-model"),
+    "sim-story-b": ("story-b", "story-model"),
+}
+STARTUP_TIMEOUT = 30.0
+
+
 class StartupError(RuntimeError):
     """A process exited or did not become ready in time."""
 

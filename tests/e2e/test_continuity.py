@@ -18,20 +18,12 @@ import httpx
 import openai
 import pytest
 
+from helpers import CONVERSATION_PROMPTS as PROMPTS, SIMULATOR_OUTPUT as OUTPUT
+
 CONVERSATIONS = 200
 TURNS = 5
 WORKERS = 8
 
-# Turn prompts cycle through the categories, so the classifier alone would move most
-# conversations between clusters mid-way: only learned affinity keeps them in place.
-PROMPTS = [
-    "Tell me a short story about a lighthouse keeper.",
-    "Now write a python function that counts its words.",
-    "What is the capital of Peru?",
-    "Turn it into a haiku.",
-    "Summarise everything so far.",
-]
-OUTPUT = re.compile(r"^\[(?P<instance>[\w-]+)/(?P<model>[\w-]+)\] turn (?P<turn>\d+):")
 
 
 def _create(client: openai.OpenAI, mode: int, **kwargs):
