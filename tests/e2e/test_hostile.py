@@ -635,3 +635,14 @@ def test_mixed_case_paths_are_not_the_api(stack, raw, sims, path):
     assert r.headers["x-simulator-instance"] == "sim-general"
     assert backends.reached() == {"general": 1}
     assert received_body(sims, "sim-general", r.headers["x-received-body-sha256"]) == CODING_BODY
+
+
+def test_internal_host_addresses_are_not_shown_to_clients(stack, client):
+    # A continuation pinned to one of the two story hosts: Envoy's stateful_session filter would echo
+    # the pinned `ip:port` back (base64) in the response; the shipped config removes it.
+    first = client.responses.with_raw_response.create(model="auto", input="Tell me a story about a fox.")
+    follow = client.responses.with_raw_response.create(model="auto", input="And then?",
+                                                        previous_response_id=first.parse().id)
+    assert follow.headers["x-simulator-instance"] == first.headers["x-simulator-instance"]
+    for response in (first, follow):
+        assert "x-router-session-host" not in response.headers
