@@ -17,7 +17,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use responses_router::openai::body::{parse, splice_model};
+use responses_router::openai::body::{ROUTING_FIELDS, parse, splice_model};
 use serde_json::Value;
 
 /// Replacement models: plain, empty, needing escapes, non-ASCII, control characters.
@@ -30,14 +30,6 @@ const NEW_MODELS: [&str; 6] = [
     "</script>\u{2028}",
 ];
 
-const ROUTING_FIELDS: [&str; 6] = [
-    "model",
-    "previous_response_id",
-    "conversation",
-    "input",
-    "messages",
-    "instructions",
-];
 
 /// Whether serde_json's rejection of the whole document is one the router tolerates by design in
 /// values it skips (see the module doc).
@@ -87,20 +79,28 @@ fn check(bytes: &[u8]) {
         (None, None | Some(Value::Null)) => {}
         (m, v) => panic!("model disagrees: parse {m:?}, serde_json {v:?}"),
     }
-    for (raw, name) in [
-        (parsed.input, "input"),
-        (parsed.messages, "messages"),
-        (parsed.instructions, "instructions"),
-    ] {
-        let expected = value.get(name).filter(|v| !v.is_null());
-        let got = raw.map(|r| serde_json::from_str::<Value>(r.get()).expect("raw span is JSON"));
-        assert_eq!(got.as_ref(), expected, "{name} disagrees");
-        if let Some(r) = raw {
-            assert!(
-                within(bytes, r.get().as_bytes()),
-                "{name} span outside the body"
-            );
+    // `input` and `messages` are read in the same single pass, into the shape text extraction
+    // needs: a string stays that string, an array is an array, anything else is `Other`.
+    for (turns, name) in [(&parsed.input, "input"), (&parsed.messages, "messages")] {
+        use responses_router::openai::text::Turns;
+        match (turns, value.get(name).filter(|v| !v.is_null())) {
+            (None, None) => {}
+            (Some(Turns::Text(t)), Some(Value::String(s))) => assert_eq!(t, s, "{name} text"),
+            (Some(Turns::Items { .. }), Some(Value::Array(_))) => {}
+            (Some(Turns::Other), Some(v)) if !v.is_string() && !v.is_array() => {}
+            (t, v) => panic!("{name} disagrees: parse {t:?}, serde_json {v:?}"),
         }
+    }
+    let expected = value.get("instructions").filter(|v| !v.is_null());
+    let got = parsed
+        .instructions
+        .map(|r| serde_json::from_str::<Value>(r.get()).expect("raw span is JSON"));
+    assert_eq!(got.as_ref(), expected, "instructions disagree");
+    if let Some(r) = parsed.instructions {
+        assert!(
+            within(bytes, r.get().as_bytes()),
+            "instructions span outside the body"
+        );
     }
     if let Some(state) = &parsed.state {
         use responses_router::openai::StateRef;

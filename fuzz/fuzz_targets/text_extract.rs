@@ -84,27 +84,21 @@ fn check(bytes: &[u8]) {
         "extraction is not deterministic"
     );
 
-    // The decoded strings the text may come from. Without a whole-document oracle (bodies the
-    // probe accepts but serde_json does not, see body_splice) the fields are decoded one by one.
-    // A field serde_json cannot decode as a whole (a lone surrogate escape in a part the router
-    // skips) leaves no oracle for the text-origin checks; everything else is still checked.
+    // The decoded strings the text may come from, from serde_json's reading of the whole body.
+    // A body serde_json cannot decode as a whole (a lone surrogate escape in a part the router
+    // skips, see body_splice) leaves no oracle for the text-origin checks; the rest still apply.
     let mut pool = Vec::new();
     let mut instructions_pool = Vec::new();
-    let mut decodable = true;
-    for (raw, is_instructions) in [
-        (parsed.input, false),
-        (parsed.messages, false),
-        (parsed.instructions, true),
-    ] {
-        let into = if is_instructions {
-            &mut instructions_pool
-        } else {
-            &mut pool
-        };
-        match raw.map(|r| serde_json::from_str::<Value>(r.get())) {
-            Some(Ok(v)) => strings(&v, into),
-            Some(Err(_)) => decodable = false,
-            None => {}
+    let document = serde_json::from_slice::<Value>(bytes).ok();
+    let decodable = document.is_some();
+    if let Some(document) = &document {
+        for name in ["input", "messages"] {
+            if let Some(v) = document.get(name) {
+                strings(v, &mut pool);
+            }
+        }
+        if let Some(v) = document.get("instructions") {
+            strings(v, &mut instructions_pool);
         }
     }
     let bound = |pool: &[String]| pool.iter().map(|s| s.len() + 1).sum::<usize>();

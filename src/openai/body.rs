@@ -64,6 +64,17 @@ impl StateRef {
     }
 }
 
+/// The top-level fields the router reads: each may appear once (a duplicate is a 400 naming it).
+pub const ROUTING_FIELDS: [&str; 7] = [
+    "model",
+    "previous_response_id",
+    "conversation",
+    "input",
+    "messages",
+    "instructions",
+    "stream",
+];
+
 /// Top-level fields the router reads. Fields serde knows are checked for duplicates; all others are
 /// skipped (but still syntax-checked).
 #[derive(Deserialize)]
@@ -240,17 +251,7 @@ fn span_of(body: &[u8], raw: &RawValue) -> std::ops::Range<usize> {
 fn duplicate_field(msg: &str) -> Option<&'static str> {
     let rest = msg.strip_prefix("duplicate field `")?;
     let name = rest.split('`').next()?;
-    [
-        "model",
-        "previous_response_id",
-        "conversation",
-        "input",
-        "messages",
-        "instructions",
-        "stream",
-    ]
-    .into_iter()
-    .find(|f| *f == name)
+    ROUTING_FIELDS.into_iter().find(|f| *f == name)
 }
 
 #[cfg(test)]
