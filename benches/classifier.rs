@@ -1,5 +1,5 @@
 //! The keyword/regex classifier alone, with a small rule set (10 keywords) and a large one (1,000
-//! keywords and 50 regexes), over the text sizes a latest user turn has.
+//! keywords and 50 regexes), over the text sizes a latest user turn has, ASCII and not.
 
 use std::hint::black_box;
 
@@ -40,14 +40,19 @@ fn small() -> RulesClassifier {
     .expect("small rule set compiles")
 }
 
-/// 1,000 keywords and 50 regexes over 10 categories.
-fn large() -> RulesClassifier {
+/// 1,000 keywords and 50 regexes over 10 categories. `ascii`: the same patterns with ASCII-only
+/// classes (`(?-u)`), which the regex crate runs on its lazy DFA; Unicode `\b` and `\w` send it to
+/// a slower engine (its PikeVM).
+fn large(ascii: bool) -> RulesClassifier {
+    let flags = if ascii { "(?-u)" } else { "" };
     let categories = (0..10)
         .map(|c| {
             let keywords = (0..100).map(|k| format!("topic{c}term{k:03}")).collect();
             let patterns = (0..5)
                 .map(|p| {
-                    format!(r"\b(?:ticket|case)-{c}{p}\d{{3,6}}\b|\bstage{c}{p}\s+\w+\s+report\b")
+                    format!(
+                        r"{flags}\b(?:ticket|case)-{c}{p}\d{{3,6}}\b|\bstage{c}{p}\s+\w+\s+report\b"
+                    )
                 })
                 .collect();
             category(&format!("category{c}"), keywords, patterns)
@@ -66,15 +71,23 @@ fn text(size: usize) -> String {
 fn classify(c: &mut Criterion) {
     let rule_sets = [
         ("10_keywords", small()),
-        ("1000_keywords_50_regexes", large()),
+        ("1000_keywords_50_regexes", large(false)),
+        ("1000_keywords_50_ascii_regexes", large(true)),
+    ];
+    // A text with one non-ASCII letter takes the Unicode path of the patterns.
+    let mut non_ascii = text(1 << 10);
+    non_ascii.replace_range(0..2, "é");
+    let inputs = [
+        ("1KiB", text(1 << 10)),
+        ("16KiB", text(16 << 10)),
+        ("1KiB_non_ascii", non_ascii),
     ];
     let mut group = c.benchmark_group("classifier");
-    for size in [1 << 10, 16 << 10] {
-        let input = text(size);
-        group.throughput(Throughput::Bytes(size as u64));
+    for (size, input) in &inputs {
+        group.throughput(Throughput::Bytes(input.len() as u64));
         for (name, rules) in &rule_sets {
-            let id = BenchmarkId::new(*name, format!("{}KiB", size >> 10));
-            group.bench_with_input(id, &input, |b, t| b.iter(|| rules.classify(black_box(t))));
+            let id = BenchmarkId::new(*name, size);
+            group.bench_with_input(id, input, |b, t| b.iter(|| rules.classify(black_box(t))));
         }
     }
     group.finish();
