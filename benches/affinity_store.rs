@@ -32,10 +32,12 @@ fn location(i: usize) -> Location {
     }
 }
 
+/// A full store in its steady state: twice the capacity recorded, so every shard is at its share of
+/// the capacity and evicting (shards fill unevenly, so one capacity's worth leaves some short).
 fn filled() -> (MemoryStore, usize) {
     let before = counting_alloc::live_bytes();
     let store = MemoryStore::new(ENTRIES, Duration::from_secs(86_400));
-    for i in 0..ENTRIES {
+    for i in 0..2 * ENTRIES {
         store.put(&id(i), &location(i));
     }
     let bytes = counting_alloc::live_bytes().saturating_sub(before);
@@ -49,8 +51,9 @@ fn store(c: &mut Criterion) {
         "affinity_store/bytes_per_entry: {:.1} heap bytes per entry at {ENTRIES} entries",
         bytes as f64 / ENTRIES as f64
     );
-    let ids: Vec<String> = (0..4096).map(|i| id(i * 241 + 7)).collect();
-    let unknown: Vec<String> = (0..4096).map(|i| id(ENTRIES * 2 + i)).collect();
+    // The newest 400k ids: kept by every shard, however unevenly the ids fell into them.
+    let ids: Vec<String> = (0..4096).map(|i| id(2 * ENTRIES - 1 - i * 97)).collect();
+    let unknown: Vec<String> = (0..4096).map(|i| id(ENTRIES * 3 + i)).collect();
     let mut group = c.benchmark_group("affinity_store_1M");
     let mut n = 0usize;
     group.bench_function("lookup_hit", |b| {
@@ -66,7 +69,7 @@ fn store(c: &mut Criterion) {
         })
     });
     let loc = location(1);
-    let mut next = ENTRIES;
+    let mut next = 3 * ENTRIES + 4096;
     group.bench_function("insert_full_evicting", |b| {
         b.iter_batched(
             || {

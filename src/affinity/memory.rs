@@ -67,8 +67,10 @@ struct Interner {
 }
 
 impl MemoryStore {
-    /// A store holding at most `capacity` entries, each for `ttl`. Memory is taken as entries
-    /// arrive, not up front.
+    /// A store holding at most `capacity` entries (rounded up to a multiple of the 16 shards),
+    /// each for `ttl`. Each shard evicts its own oldest entry when it holds its share, so a store
+    /// filling up starts evicting a little before the total reaches `capacity`. Memory is taken
+    /// as entries arrive, not up front.
     pub fn new(capacity: usize, ttl: Duration) -> Self {
         // Ring positions are u32; no shard needs more (that would be 68 billion entries).
         let per_shard = capacity.div_ceil(SHARDS).clamp(1, u32::MAX as usize);
