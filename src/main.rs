@@ -75,10 +75,10 @@ enum Command {
             default_value_t = 5
         )]
         config_poll_seconds: u64,
-        /// Threads serving Envoy. One is the default: measured on 2 cores shared with Envoy, a
-        /// single thread used a third less CPU per request than two (no cross-thread wake-ups)
-        /// and let Envoy serve about 50% more requests. Raise it when the router has cores of
-        /// its own and one thread is kept busy.
+        /// Threads serving Envoy. One is the default: measured on 2 cores shared with Envoy, one
+        /// thread used 15-35% less CPU per request than two (no cross-thread wake-ups; see
+        /// bench/filter_cost.py). Raise it when the router has cores of its own and one thread
+        /// is kept busy.
         #[arg(
             long,
             env = "RESPONSES_ROUTER_WORKER_THREADS",
