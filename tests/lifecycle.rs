@@ -2,26 +2,20 @@
 //! and file change; invalid files rejected), and SIGTERM letting a stream in flight finish.
 
 mod common;
+#[path = "support/processes.rs"]
+mod processes;
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+use processes::{RedisServer, free_port};
 
 const CODE: &str = "default_model: general-model\nmodels:\n  - { name: general-model, clusters: [{ name: general }] }\n  - { name: code-model, clusters: [{ name: code }] }\ncategories:\n  - { name: coding, model: code-model, keywords: [python] }\n";
 const GENERAL: &str = "default_model: general-model\nmodels:\n  - { name: general-model, clusters: [{ name: general }] }\n  - { name: code-model, clusters: [{ name: code }] }\ncategories:\n  - { name: coding, model: general-model, keywords: [python] }\n";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Server {
     child: Child,
@@ -220,41 +214,6 @@ async fn sigterm_lets_a_stream_in_flight_finish_then_exits_0() {
     assert!(status.success(), "{status:?}");
 }
 
-/// A real redis-server on a free port (Debian's package; scripts/test installs it).
-struct Redis(Child);
-
-impl Redis {
-    fn start(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis(child)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn readiness_follows_the_shared_store() {
     let dir = tempfile::tempdir().unwrap();
@@ -263,7 +222,7 @@ async fn readiness_follows_the_shared_store() {
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}/");
     let env = [("RESPONSES_ROUTER__AFFINITY__REDIS_URL", url.as_str())];
-    let redis = Redis::start(port);
+    let redis = RedisServer::start(port);
     let strict = Server::start_with(&path, &["--ready-requires-store"], &env);
     let lenient = Server::start_with(&path, &[], &env);
     assert_eq!(strict.get("/readyz"), (200, "ready\n".to_owned()));
@@ -294,7 +253,7 @@ async fn readiness_follows_the_shared_store() {
         "routing goes on without Redis"
     );
 
-    let _redis = Redis::start(port);
+    let _redis = RedisServer::start(port);
     let deadline = Instant::now() + Duration::from_secs(10);
     while strict.get("/readyz").0 != 200 {
         assert!(
