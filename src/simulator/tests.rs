@@ -99,6 +99,11 @@ async fn post(addr: SocketAddr, path: &str, body: Value) -> Reply {
     send(addr, "POST", path, Some(body.to_string().as_bytes())).await
 }
 
+/// `POST /v1/responses`, the answer's JSON.
+async fn create_response(addr: SocketAddr, body: Value) -> Value {
+    post(addr, "/v1/responses", body).await.json()
+}
+
 async fn get(addr: SocketAddr, path: &str) -> Reply {
     send(addr, "GET", path, None).await
 }
@@ -204,21 +209,13 @@ async fn digest_header_and_request_log_hold_the_exact_bytes() {
 #[tokio::test]
 async fn previous_response_id_chains_count_turns_and_context() {
     let sim = start_default().await;
-    let r1 = post(
+    let r1 = create_response(sim.addr, json!({"model": "m1", "input": "one"})).await;
+    let r2 = create_response(
         sim.addr,
-        "/v1/responses",
-        json!({"model": "m1", "input": "one"}),
-    )
-    .await
-    .json();
-    let r2 = post(
-        sim.addr,
-        "/v1/responses",
         json!({"model": "m1", "input": "two", "previous_response_id": r1["id"]}),
     )
-    .await
-    .json();
-    let r3 = post(sim.addr, "/v1/responses", json!({"model": "m2", "input": [{"role": "user", "content": "three"}], "previous_response_id": r2["id"]})).await.json();
+    .await;
+    let r3 = create_response(sim.addr, json!({"model": "m2", "input": [{"role": "user", "content": "three"}], "previous_response_id": r2["id"]})).await;
     assert_eq!(output_text(&r1), "[a/m1] turn 1: one");
     assert_eq!(output_text(&r2), "[a/m1] turn 2: two");
     assert_eq!(output_text(&r3), "[a/m2] turn 3: three");
@@ -251,13 +248,7 @@ async fn unknown_previous_response_id_is_vllms_404_before_streaming() {
 async fn stores_are_per_instance() {
     let a = start(SimulateArgs::new("a", &["m"])).await;
     let b = start(SimulateArgs::new("b", &["m"])).await;
-    let r = post(
-        a.addr,
-        "/v1/responses",
-        json!({"model": "m", "input": "hi"}),
-    )
-    .await
-    .json();
+    let r = create_response(a.addr, json!({"model": "m", "input": "hi"})).await;
     let id = r["id"].as_str().unwrap();
     let on_b = post(
         b.addr,
@@ -506,13 +497,11 @@ async fn background_response_completes_later_and_can_be_cancelled() {
     let mut args = SimulateArgs::new("bg", &["m"]);
     args.background_delay_ms = 100;
     let sim = start(args).await;
-    let r = post(
+    let r = create_response(
         sim.addr,
-        "/v1/responses",
         json!({"model": "m", "input": "later", "background": true}),
     )
-    .await
-    .json();
+    .await;
     assert_eq!(r["status"], "queued");
     assert_eq!(r["background"], true);
     assert_eq!(r["output"], json!([]));
@@ -531,13 +520,11 @@ async fn background_response_completes_later_and_can_be_cancelled() {
     let c = post(sim.addr, &format!("/v1/responses/{id}/cancel"), json!({})).await;
     assert_eq!(c.status, 400);
 
-    let r = post(
+    let r = create_response(
         sim.addr,
-        "/v1/responses",
         json!({"model": "m", "input": "stop", "background": true}),
     )
-    .await
-    .json();
+    .await;
     let id = r["id"].as_str().unwrap().to_owned();
     let c = send(
         sim.addr,
@@ -573,13 +560,11 @@ async fn get_with_stream_replays_events_after_a_cursor() {
     let mut args = SimulateArgs::new("r", &["m"]);
     args.background_delay_ms = 50;
     let sim = start(args).await;
-    let r = post(
+    let r = create_response(
         sim.addr,
-        "/v1/responses",
         json!({"model": "m", "input": "replay", "background": true}),
     )
-    .await
-    .json();
+    .await;
     let id = r["id"].as_str().unwrap();
     // Waits for the background response to finish, then replays it.
     let all = parse_sse(
@@ -638,13 +623,7 @@ async fn store_false_is_not_stored() {
 #[tokio::test]
 async fn delete_then_get_is_404() {
     let sim = start_default().await;
-    let id = post(
-        sim.addr,
-        "/v1/responses",
-        json!({"model": "m1", "input": "x"}),
-    )
-    .await
-    .json()["id"]
+    let id = create_response(sim.addr, json!({"model": "m1", "input": "x"})).await["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -675,13 +654,7 @@ async fn delete_then_get_is_404() {
 async fn input_items_lists_the_stored_input() {
     let sim = start_default().await;
     let input = json!([{"role": "user", "content": "first"}, {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "second"}]}]);
-    let id = post(
-        sim.addr,
-        "/v1/responses",
-        json!({"model": "m1", "input": input}),
-    )
-    .await
-    .json()["id"]
+    let id = create_response(sim.addr, json!({"model": "m1", "input": input})).await["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -724,13 +697,7 @@ async fn input_tokens_counts_input_and_chain() {
         r.json(),
         json!({"object": "response.input_tokens", "input_tokens": 2})
     );
-    let prev = post(
-        sim.addr,
-        "/v1/responses",
-        json!({"model": "m1", "input": "abcdefgh"}),
-    )
-    .await
-    .json();
+    let prev = create_response(sim.addr, json!({"model": "m1", "input": "abcdefgh"})).await;
     let with_prev = post(
         sim.addr,
         "/v1/responses/input_tokens",
@@ -755,20 +722,12 @@ async fn input_tokens_counts_input_and_chain() {
 #[tokio::test]
 async fn compact_returns_a_stored_compaction_that_continues_the_chain() {
     let sim = start_default().await;
-    let r1 = post(
+    let r1 = create_response(sim.addr, json!({"model": "m1", "input": "one"})).await;
+    let r2 = create_response(
         sim.addr,
-        "/v1/responses",
-        json!({"model": "m1", "input": "one"}),
-    )
-    .await
-    .json();
-    let r2 = post(
-        sim.addr,
-        "/v1/responses",
         json!({"model": "m1", "input": "two", "previous_response_id": r1["id"]}),
     )
-    .await
-    .json();
+    .await;
     let c = post(
         sim.addr,
         "/v1/responses/compact",
@@ -791,13 +750,11 @@ async fn compact_returns_a_stored_compaction_that_continues_the_chain() {
         .json(),
         c
     );
-    let r3 = post(
+    let r3 = create_response(
         sim.addr,
-        "/v1/responses",
         json!({"model": "m1", "input": "three", "previous_response_id": c["id"]}),
     )
-    .await
-    .json();
+    .await;
     assert_eq!(output_text(&r3), "[a/m1] turn 3: three");
     let missing = post(
         sim.addr,
@@ -822,20 +779,16 @@ async fn conversations_hold_items_and_count_turns() {
     assert!(cid.starts_with("conv_"));
     assert_eq!(conv["object"], "conversation");
     assert_eq!(conv["metadata"], json!({"k": "v"}));
-    let r1 = post(
+    let r1 = create_response(
         sim.addr,
-        "/v1/responses",
         json!({"model": "m1", "input": "hi", "conversation": cid}),
     )
-    .await
-    .json();
-    let r2 = post(
+    .await;
+    let r2 = create_response(
         sim.addr,
-        "/v1/responses",
         json!({"model": "m1", "input": "again", "conversation": {"id": cid}}),
     )
-    .await
-    .json();
+    .await;
     assert_eq!(output_text(&r1), "[a/m1] turn 1: hi");
     assert_eq!(output_text(&r2), "[a/m1] turn 2: again");
     assert_eq!(r2["conversation"], json!({"id": cid}));
@@ -1008,13 +961,7 @@ async fn stores_are_bounded() {
     let sim = start(args).await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        let r = post(
-            sim.addr,
-            "/v1/responses",
-            json!({"model": "m", "input": format!("n{i}")}),
-        )
-        .await
-        .json();
+        let r = create_response(sim.addr, json!({"model": "m", "input": format!("n{i}")})).await;
         ids.push(r["id"].as_str().unwrap().to_owned());
     }
     assert_eq!(
