@@ -684,6 +684,27 @@ fn response_body(bytes: &[u8], end_of_stream: bool) -> Request {
     })
 }
 
+/// An in-memory affinity store, as `serve` builds one.
+fn memory_store() -> Arc<responses_router::affinity::MemoryStore> {
+    Arc::new(responses_router::affinity::MemoryStore::new(
+        1000,
+        std::time::Duration::from_secs(60),
+    ))
+}
+
+/// A store that knows `resp_p` lives on host 127.0.0.1:9101 of the pinning cluster `general-b`.
+fn store_with_resp_p_pinned() -> Arc<responses_router::affinity::MemoryStore> {
+    let store = memory_store();
+    store.put(
+        "resp_p",
+        &Location {
+            cluster: "general-b".into(),
+            host: Some("127.0.0.1:9101".into()),
+        },
+    );
+    store
+}
+
 const LEARNING_YAML: &str = r#"
 default_model: general-model
 models:
@@ -751,10 +772,7 @@ struct ProcessingResponseView {
 
 #[tokio::test]
 async fn learns_from_a_streamed_response_and_routes_the_continuation_there() {
-    let store = Arc::new(responses_router::affinity::MemoryStore::new(
-        1000,
-        std::time::Duration::from_secs(60),
-    ));
+    let store = memory_store();
     let mut router = start_with(LEARNING_YAML, store.clone()).await;
     for served_by in ["general-a", "general-b"] {
         let sse: &[&[u8]] = &[
@@ -782,10 +800,7 @@ async fn learns_from_a_streamed_response_and_routes_the_continuation_there() {
 #[tokio::test]
 async fn learns_a_json_response_before_the_client_sees_it() {
     use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::HeaderSendMode;
-    let store = Arc::new(responses_router::affinity::MemoryStore::new(
-        1000,
-        std::time::Duration::from_secs(60),
-    ));
+    let store = memory_store();
     let mut router = start_with(LEARNING_YAML, store.clone()).await;
     let mut s = Stream::open(&mut router.client).await;
     let reply = s
@@ -866,10 +881,7 @@ async fn learns_a_json_response_before_the_client_sees_it() {
 
 #[tokio::test]
 async fn errors_and_stateless_requests_teach_nothing() {
-    let store = Arc::new(responses_router::affinity::MemoryStore::new(
-        1000,
-        std::time::Duration::from_secs(60),
-    ));
+    let store = memory_store();
     let mut router = start_with(LEARNING_YAML, store.clone()).await;
     // A 404 carrying an id-shaped body, and a chat completion: neither is state.
     let mut obs = Stream::open(&mut router.client).await;
@@ -900,17 +912,7 @@ async fn errors_and_stateless_requests_teach_nothing() {
 
 #[tokio::test]
 async fn a_continuation_served_by_another_host_than_pinned_is_counted() {
-    let store = Arc::new(responses_router::affinity::MemoryStore::new(
-        10,
-        std::time::Duration::from_secs(60),
-    ));
-    store.put(
-        "resp_p",
-        &Location {
-            cluster: "general-b".into(),
-            host: Some("127.0.0.1:9101".into()),
-        },
-    );
+    let store = store_with_resp_p_pinned();
     let mut router = start_with(LEARNING_YAML, store).await;
     let mut s = Stream::open(&mut router.client).await;
     s.send(headers("POST", "/v1/responses", &[], false))
@@ -947,17 +949,7 @@ async fn the_explain_api_gives_the_decision_the_service_makes() {
     use responses_router::api::pb::{
         self, explain_response::Outcome, router_admin_client::RouterAdminClient,
     };
-    let store = Arc::new(responses_router::affinity::MemoryStore::new(
-        10,
-        std::time::Duration::from_secs(60),
-    ));
-    store.put(
-        "resp_p",
-        &Location {
-            cluster: "general-b".into(),
-            host: Some("127.0.0.1:9101".into()),
-        },
-    );
+    let store = store_with_resp_p_pinned();
     let mut router = start_with(LEARNING_YAML, store).await;
     let mut api = RouterAdminClient::connect(format!("http://{}", router.addr))
         .await
@@ -1023,10 +1015,7 @@ async fn the_explain_api_gives_the_decision_the_service_makes() {
 
 #[tokio::test]
 async fn a_continuation_that_overtakes_the_observer_waits_for_its_id() {
-    let store = Arc::new(responses_router::affinity::MemoryStore::new(
-        1000,
-        std::time::Duration::from_secs(60),
-    ));
+    let store = memory_store();
     let mut router = start_with(LEARNING_YAML, store.clone()).await;
     // The routing stream of a streamed turn reaches its response headers: the id is now pending.
     let mut turn = Stream::open(&mut router.client).await;
@@ -1093,10 +1082,7 @@ async fn a_continuation_that_overtakes_the_observer_waits_for_its_id() {
 
 #[tokio::test]
 async fn only_streams_that_create_state_keep_the_observer() {
-    let store = Arc::new(responses_router::affinity::MemoryStore::new(
-        1000,
-        std::time::Duration::from_secs(60),
-    ));
+    let store = memory_store();
     let mut router = start_with(LEARNING_YAML, store).await;
     let cases: [(&str, &[u8], Option<&str>); 4] = [
         ("/v1/responses", br#"{"model":"general-model","input":"hi","stream":true}"#, None),
