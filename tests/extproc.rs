@@ -509,17 +509,11 @@ impl AffinityStore for Pinned {
 #[tokio::test]
 async fn a_store_plugs_in_and_pins_continuations_with_host() {
     let mut router = start_with(ROUTING_YAML, Arc::new(Pinned)).await;
-    let mut s = Stream::open(&mut router.client).await;
-    s.send(headers("POST", "/v1/responses", &[], false))
-        .await
-        .unwrap();
-    let reply = s
-        .send(body(
-            br#"{"model":"auto","previous_response_id":"resp_pinned","input":"thanks"}"#,
-            true,
-        ))
-        .await
-        .unwrap();
+    let (_, reply) = post_responses(
+        &mut router.client,
+        br#"{"model":"auto","previous_response_id":"resp_pinned","input":"thanks"}"#,
+    )
+    .await;
     let common = body_common(&reply);
     assert_eq!(
         set_header(common, "x-router-cluster").as_deref(),
@@ -745,17 +739,11 @@ async fn learn_then_continue(
         "the observer stream is closed without replies once learned"
     );
 
-    let mut s = Stream::open(&mut router.client).await;
-    s.send(headers("POST", "/v1/responses", &[], false))
-        .await
-        .unwrap();
-    let reply = s
-        .send(body(
-            br#"{"model":"general-model","previous_response_id":"resp_learned","input":"next"}"#,
-            true,
-        ))
-        .await
-        .unwrap();
+    let (_, reply) = post_responses(
+        &mut router.client,
+        br#"{"model":"general-model","previous_response_id":"resp_learned","input":"next"}"#,
+    )
+    .await;
     let common = body_common(&reply);
     ProcessingResponseView {
         cluster: set_header(common, "x-router-cluster"),
@@ -914,17 +902,11 @@ async fn errors_and_stateless_requests_teach_nothing() {
 async fn a_continuation_served_by_another_host_than_pinned_is_counted() {
     let store = store_with_resp_p_pinned();
     let mut router = start_with(LEARNING_YAML, store).await;
-    let mut s = Stream::open(&mut router.client).await;
-    s.send(headers("POST", "/v1/responses", &[], false))
-        .await
-        .unwrap();
-    let reply = s
-        .send(body(
-            br#"{"model":"general-model","previous_response_id":"resp_p","input":"x"}"#,
-            true,
-        ))
-        .await
-        .unwrap();
+    let (mut s, reply) = post_responses(
+        &mut router.client,
+        br#"{"model":"general-model","previous_response_id":"resp_p","input":"x"}"#,
+    )
+    .await;
     assert_eq!(
         set_header(body_common(&reply), "x-router-session-host").as_deref(),
         Some("MTI3LjAuMC4xOjkxMDE=")

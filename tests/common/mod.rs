@@ -154,6 +154,20 @@ impl Stream {
     }
 }
 
+/// A new stream that sends `POST /v1/responses` headers and then `body` whole, as Envoy does with
+/// a buffered body; the stream (for the response phases) and the reply to the body.
+pub async fn post_responses(
+    client: &mut ExternalProcessorClient<Channel>,
+    body_bytes: &[u8],
+) -> (Stream, ProcessingResponse) {
+    let mut s = Stream::open(client).await;
+    s.send(headers("POST", "/v1/responses", &[], false))
+        .await
+        .unwrap();
+    let reply = s.send(body(body_bytes, true)).await.unwrap();
+    (s, reply)
+}
+
 pub fn headers(method: &str, path: &str, extra: &[(&str, &str)], end_of_stream: bool) -> Request {
     let mut list = vec![
         (":method", method),
