@@ -220,6 +220,22 @@ def flags_of(args: list[str]) -> list[str]:
     return [a.split("=", 1)[0] for a in args if a.startswith("--")]
 
 
+def mounted_config(template, container, objects, flag, where, local: Path, p):
+    """The file a container's `flag PATH` argument names, from the ConfigMap mounted there, copied
+    to `local` for validation: (path, text), or None after reporting why there is none."""
+    args = [str(a) for a in container.get("args", [])]
+    if flag not in args:
+        p.add(f"{where} container {container['name']}: no {flag} argument")
+        return None
+    path = args[args.index(flag) + 1]
+    text = config_file(template, container, objects, path)
+    if text is None:
+        p.add(f"{where} container {container['name']}: {path} comes from no ConfigMap")
+        return None
+    local.write_text(text)
+    return path, text
+
+
 def check_programs(objects: list[dict], envoy: str, router: str, workdir: Path, p: Problems) -> int:
     """Runs envoy --mode validate and responses-router validate on the configs the pods get."""
     help_cache: dict[str, str] = {}
@@ -236,16 +252,11 @@ def check_programs(objects: list[dict], envoy: str, router: str, workdir: Path, 
             args = [str(a) for a in c.get("args", [])]
             if c["name"] == ENVOY_CONTAINER:
                 gateways += 1
-                if "--config-path" not in args:
-                    p.add(f"{where}: envoy has no --config-path argument")
-                    continue
-                path = args[args.index("--config-path") + 1]
-                text = config_file(template, c, objects, path)
-                if text is None:
-                    p.add(f"{where}: envoy's {path} comes from no ConfigMap")
-                    continue
                 local = workdir / f"{workload['metadata']['name']}-envoy.yaml"
-                local.write_text(text)
+                found = mounted_config(template, c, objects, "--config-path", where, local, p)
+                if found is None:
+                    continue
+                path, text = found
                 argv = [envoy, "--mode", "validate"] + [str(local) if a == path else a for a in args]
                 result = run(argv)
                 if result.returncode != 0:
@@ -258,16 +269,9 @@ def check_programs(objects: list[dict], envoy: str, router: str, workdir: Path, 
                     if flag not in known:
                         p.add(f"{where} container {c['name']}: `responses-router {sub}` has no flag {flag}")
                 if sub == "serve":
-                    if "--config" not in args:
-                        p.add(f"{where}: the router has no --config argument")
-                        continue
-                    path = args[args.index("--config") + 1]
-                    text = config_file(template, c, objects, path)
-                    if text is None:
-                        p.add(f"{where}: the router's {path} comes from no ConfigMap")
-                        continue
                     local = workdir / f"{workload['metadata']['name']}-routing.yaml"
-                    local.write_text(text)
+                    if mounted_config(template, c, objects, "--config", where, local, p) is None:
+                        continue
                     # With the container's environment: RESPONSES_ROUTER__* override the file.
                     result = run([router, "validate", "--config", str(local)], container_env(c))
                     if result.returncode != 0:
