@@ -49,7 +49,7 @@ from fleet import Fleet, Load, rss_bytes  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 SAMPLE_EVERY = 10.0
 MIB = 1024 * 1024
-# src/affinity/memory.rs: SHARDS.
+# crates/core/src/affinity/memory.rs: SHARDS.
 STORE_SHARDS = 16
 
 

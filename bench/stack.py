@@ -14,7 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from procs import (  # noqa: E402,F401
-    ENVOY_YAML, ROUTING_YAML, SHIPPED_PORTS, STARTUP_TIMEOUT, Proc, free_ports, http_status, render_ports, tcp_open,
+    CARGO_PACKAGES, ENVOY_YAML, ROUTING_YAML, SHIPPED_PORTS, STARTUP_TIMEOUT, Proc, free_ports, http_status,
+    render_ports, simulator_argv, simulator_binary, tcp_open,
 )
 
 
@@ -34,11 +35,11 @@ def render_envoy(text: str, ports: dict[str, int], source: str = str(ENVOY_YAML)
     return render_ports(text, {SHIPPED_PORTS[k]: ports[k] for k in SHIPPED_PORTS}, source)
 
 
-def start_simulator(binary: str, name: str, port: int, models: str, work: Path,
+def start_simulator(router_bin: str, name: str, port: int, models: str, work: Path,
                     extra: list[str] | None = None) -> Proc:
-    proc = Proc(name, [binary, "simulate", "--listen", f"127.0.0.1:{port}", "--instance", name,
-                       "--models", models, *(extra or [])], work / f"{name}.log")
-    return proc
+    """The simulator built beside `router_bin`, serving `models` as instance `name`."""
+    argv = simulator_argv(simulator_binary(router_bin), name, port, models, *(extra or []))
+    return Proc(name, argv, work / f"{name}.log")
 
 
 def wait_http(proc: Proc, port: int, path: str, what: str) -> None:

@@ -30,7 +30,10 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stack import ROOT, SHIPPED_PORTS, Proc, bare_config, free_ports, http_status, render_envoy, tcp_open  # noqa: E402
+from stack import (  # noqa: E402
+    CARGO_PACKAGES, ROOT, SHIPPED_PORTS, Proc, bare_config, free_ports, http_status, render_envoy, start_simulator,
+    tcp_open,
+)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -67,7 +70,7 @@ def main() -> None:
     # RESPONSES_ROUTER_BIN: a prebuilt binary (as for the e2e tests and bench/e2e); else build.
     binary = os.environ.get("RESPONSES_ROUTER_BIN")
     if not binary:
-        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "responses-router"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release", "--quiet", *CARGO_PACKAGES], cwd=ROOT, check=True)
         binary = str(ROOT / "target" / "release" / "responses-router")
     envoy = str(ROOT / ".venv" / "bin" / "envoy")
     work = Path(tempfile.mkdtemp(prefix="stream-overhead-"))
@@ -77,9 +80,8 @@ def main() -> None:
     procs: list[Proc] = []
     urls = {}
     try:
-        procs.append(Proc("sim", [binary, "simulate", "--listen", f"127.0.0.1:{sim_port}", "--instance", "sim",
-                                  "--models", "code-model", "--chunk-delay-ms", str(args.delay_ms),
-                                  "--stream-chunks", str(args.chunks)], work / "sim.log"))
+        procs.append(start_simulator(binary, "sim", sim_port, "code-model", work,
+                                     ["--chunk-delay-ms", str(args.delay_ms), "--stream-chunks", str(args.chunks)]))
         procs.append(Proc("router", [binary, "serve", "--config", str(ROOT / "deploy" / "routing.yaml"),
                                      "--listen", f"127.0.0.1:{router_port}"], work / "router.log"))
         for name, text in (("bare", bare_config(shipped, "code")), ("router", shipped)):

@@ -1,23 +1,22 @@
-//! responses-router: an Envoy ext_proc service that routes OpenAI API traffic — above all the
+//! responses-router: the Envoy ext_proc service that routes OpenAI API traffic — above all the
 //! Responses API — across model servers, and keeps each conversation where its state lives.
 //!
-//! Layout (one concern per module):
-//! - [`openai`]: request kinds, body parsing and model splice, text extraction, error bodies.
-//! - [`classify`]: keyword/regex categories behind a `Classifier` trait.
-//! - [`affinity`]: FNV-1a rendezvous hashing and the learned-affinity store interface.
-//! - [`config`]: the routing YAML, validated and compiled into a `RoutingTable`.
-//! - [`routing`]: the decision — request in, model + upstream + reason out — as plain Rust.
+//! The decision itself is the `responses-router-core` crate; this crate is the ext_proc front-end
+//! around it (one concern per module):
+//! - [`extproc`]: the tonic `ExternalProcessor`: a protocol driver with routing and learning hooks.
+//! - [`store`]: the affinity store as the service uses it: memory, or memory + Redis.
+//! - [`config`]: the routing YAML as the service loads it (the core's validation plus its own).
+//! - [`reload`]: hot reload of the routing table (SIGHUP, file change).
 //! - [`api`]: the project's own gRPC API (Explain, GetConfig), from `proto/`.
-//! - [`extproc`]: the tonic `ExternalProcessor` service translating Envoy messages to and from it.
-//! - [`simulator`]: the bundled OpenAI-compatible model server used by the demo, tests, benchmarks.
 //! - [`telemetry`]: Prometheus metrics and the admin HTTP port.
+//! - [`serve`]: all of the above as one library function with a shutdown future.
+//! - [`explain`]: the `explain` command's JSON.
 
-pub mod affinity;
 pub mod api;
-pub mod classify;
 pub mod config;
+pub mod explain;
 pub mod extproc;
-pub mod openai;
-pub mod routing;
-pub mod simulator;
+pub mod reload;
+pub mod serve;
+pub mod store;
 pub mod telemetry;

@@ -1,21 +1,16 @@
-//! The `responses-router` command: serve ext_proc, validate a routing YAML, explain a decision, or
-//! run the bundled model-server simulator.
+//! The `responses-router` command: serve ext_proc, validate a routing YAML, or explain a decision.
+//! Argument parsing and the one mapping from errors to exit codes; the work is in the library.
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use responses_router::affinity::{AffinityStore, MemoryStore, NoStore, RedisStore};
-use responses_router::config::SharedTable;
-use responses_router::config::reload::Reloader;
-use responses_router::config::{self, RoutingTable};
-use responses_router::extproc::{self, RouterService, service::Listeners};
-use responses_router::openai::RequestKind;
-use responses_router::routing::{self, RequestMeta};
-use responses_router::telemetry::{self, Metrics};
+use responses_router::serve::{ServeError, ServeOptions};
+use responses_router::{config, explain};
+use responses_router_core::RequestKind;
 
 #[derive(Parser)]
 #[command(
@@ -108,61 +103,131 @@ enum Command {
         #[arg(long, default_value = "")]
         request_id: String,
     },
-    /// Run the bundled OpenAI-compatible model-server simulator.
-    Simulate(responses_router::simulator::SimulateArgs),
+}
+
+/// Why a command failed, and so its exit code.
+enum Failure {
+    /// Bad arguments or configuration: exit 2.
+    Usage(String),
+    /// The command ran and failed (a refused request for `explain`, a server error): exit 1.
+    Failed(String),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Serve { worker_threads, .. } = &cli.command {
-        runtime.worker_threads(usize::from(*worker_threads));
-    }
-    match runtime.enable_all().build() {
-        Ok(runtime) => runtime.block_on(run(cli.command)),
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("{message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(message)) => {
+            if !message.is_empty() {
+                eprintln!("{message}");
+            }
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(command: Command) -> ExitCode {
+fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Serve {
             config,
             listen,
             uds,
             admin_listen,
-            config_poll_seconds,
             ready_requires_store,
             drain_seconds,
-            worker_threads: _,
+            config_poll_seconds,
+            worker_threads,
         } => {
-            let options = ServeOptions {
-                admin_listen,
-                config_poll_seconds,
-                ready_requires_store,
-                drain: std::time::Duration::from_secs(drain_seconds),
+            let listen = match listen.as_str() {
+                "none" => None,
+                addr => Some(
+                    addr.parse::<SocketAddr>()
+                        .map_err(|e| Failure::Usage(format!("--listen {addr}: {e}")))?,
+                ),
             };
-            serve(config, listen, uds, options).await
+            let options = ServeOptions {
+                config,
+                listen,
+                uds,
+                admin_listen: (admin_listen != "none").then_some(admin_listen),
+                config_poll: (config_poll_seconds > 0)
+                    .then(|| Duration::from_secs(config_poll_seconds)),
+                ready_requires_store,
+                drain: Duration::from_secs(drain_seconds),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(usize::from(worker_threads))
+                .enable_all()
+                .build()
+                .map_err(|e| Failure::Failed(format!("cannot start the async runtime: {e}")))?;
+            runtime
+                .block_on(responses_router::serve::serve(options, shutdown_signal()))
+                .map_err(|e| match e {
+                    ServeError::Config { .. } | ServeError::Usage(_) => {
+                        Failure::Usage(e.to_string())
+                    }
+                    ServeError::Bind { .. } | ServeError::Server(_) => {
+                        Failure::Failed(e.to_string())
+                    }
+                })
         }
-        Command::Validate { config } => validate(&config),
+        Command::Validate { config: path } => {
+            let compiled = config::load(&path)
+                .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
+            let table = &compiled.table;
+            println!(
+                "{}: ok ({} models, {} clusters, {} categories)",
+                path.display(),
+                table.models().len(),
+                table.all_candidates().len(),
+                table.category_names().count()
+            );
+            Ok(())
+        }
         Command::Explain {
-            config,
-            path,
+            config: path,
+            path: request_path,
             method,
             body_file,
             request_id,
-        } => explain(&config, &method, &path, body_file, &request_id).await,
-        Command::Simulate(args) => match responses_router::simulator::run(args).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("simulate: {e}");
-                ExitCode::FAILURE
+        } => {
+            let compiled = config::load(&path)
+                .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
+            // Only the endpoints whose route depends on the body read one.
+            let kind = RequestKind::from_request(&method, &request_path, false);
+            let body = match (&body_file, kind.needs_body()) {
+                (_, false) => None,
+                (Some(file), true) => Some(std::fs::read(file)),
+                (None, true) => {
+                    let mut buf = Vec::new();
+                    Some(std::io::stdin().read_to_end(&mut buf).map(|_| buf))
+                }
             }
-        },
+            .transpose()
+            .map_err(|e| Failure::Usage(format!("cannot read the body: {e}")))?;
+            // The decision prints in field order; an error prints as the client would receive it.
+            match explain::explain(
+                &compiled.table,
+                &method,
+                &request_path,
+                &request_id,
+                body.as_deref(),
+            ) {
+                Ok((decision, explanation)) => {
+                    println!("{}", explain::to_json(&decision, &explanation));
+                    Ok(())
+                }
+                Err(error) => {
+                    println!("{}", explain::error_text(&error));
+                    Err(Failure::Failed(String::new()))
+                }
+            }
+        }
     }
 }
 
@@ -181,155 +246,6 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load(path: &Path) -> Result<RoutingTable, ExitCode> {
-    config::load(path).map_err(|e| {
-        eprintln!("{}: {e}", path.display());
-        ExitCode::from(2)
-    })
-}
-
-async fn serve(
-    config: PathBuf,
-    listen: String,
-    uds: Option<PathBuf>,
-    options: ServeOptions,
-) -> ExitCode {
-    let ServeOptions {
-        admin_listen,
-        config_poll_seconds,
-        ready_requires_store,
-        drain,
-    } = options;
-    let table = match load(&config) {
-        Ok(t) => t,
-        Err(code) => return code,
-    };
-    let tcp = if listen == "none" {
-        None
-    } else {
-        let addr: SocketAddr = match listen.parse() {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("--listen {listen}: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                eprintln!("cannot listen on {addr}: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    };
-    let uds_listener = match &uds {
-        Some(path) => match Listeners::bind_uds(path) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                eprintln!("cannot listen on {}: {e}", path.display());
-                return ExitCode::FAILURE;
-            }
-        },
-        None => None,
-    };
-    if tcp.is_none() && uds_listener.is_none() {
-        eprintln!("nothing to listen on: give --listen ADDR or --uds PATH");
-        return ExitCode::from(2);
-    }
-    tracing::info!(
-        listen = %listen,
-        uds = ?uds,
-        models = table.config().models.len(),
-        categories = table.config().categories.len(),
-        "responses-router serving ext_proc"
-    );
-    let affinity = &table.config().affinity;
-    let ttl = std::time::Duration::from_secs(affinity.ttl_seconds);
-    let store: Arc<dyn AffinityStore> = match (affinity.learn, &affinity.redis_url) {
-        (false, _) => Arc::new(NoStore),
-        (true, None) => Arc::new(MemoryStore::new(affinity.capacity, ttl)),
-        (true, Some(url)) => {
-            let local = MemoryStore::new(affinity.capacity, ttl);
-            match RedisStore::new(url, &affinity.redis_key_prefix, local, ttl) {
-                Ok(store) => Arc::new(store),
-                Err(e) => {
-                    eprintln!("affinity.redis_url: {e}");
-                    return ExitCode::from(2);
-                }
-            }
-        }
-    };
-    tracing::info!(
-        learn = affinity.learn,
-        shared = affinity.redis_url.is_some(),
-        "affinity store ready"
-    );
-    let metrics = Arc::new(Metrics::default());
-    if admin_listen != "none" {
-        let listener = match tokio::net::TcpListener::bind(&admin_listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("cannot listen on {admin_listen} (--admin-listen): {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let admin = telemetry::admin::router(
-            Arc::clone(&metrics),
-            Arc::clone(&store),
-            ready_requires_store,
-        );
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, admin).await {
-                tracing::error!("admin server failed: {e}");
-            }
-        });
-    }
-    let shared = SharedTable::new(table);
-    let reloader = Reloader::new(&config, shared.clone(), Arc::clone(&metrics));
-    let poll =
-        (config_poll_seconds > 0).then(|| std::time::Duration::from_secs(config_poll_seconds));
-    tokio::spawn(reloader.run(poll));
-    let service = RouterService::new(shared, store, metrics);
-    let listeners = Listeners {
-        tcp,
-        uds: uds_listener,
-    };
-    let (signalled_tx, mut signalled) = tokio::sync::watch::channel(false);
-    let shutdown = async move {
-        shutdown_signal().await;
-        let _ = signalled_tx.send(true);
-    };
-    // Streams in flight get `drain` to finish after the signal; then the process exits.
-    let deadline = async {
-        let _ = signalled.wait_for(|s| *s).await;
-        tokio::time::sleep(drain).await;
-    };
-    tokio::select! {
-        result = extproc::serve(service, listeners, shutdown) => match result {
-            Ok(()) => {
-                tracing::info!("stopped");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                tracing::error!("server failed: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        () = deadline => {
-            tracing::warn!("streams still open after {drain:?}; exiting");
-            ExitCode::SUCCESS
-        }
-    }
-}
-
-/// `serve` settings beyond where to listen for gRPC.
-struct ServeOptions {
-    admin_listen: String,
-    config_poll_seconds: u64,
-    ready_requires_store: bool,
-    drain: std::time::Duration,
-}
-
 /// Completes on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -343,75 +259,5 @@ async fn shutdown_signal() {
         Err(_) => {
             let _ = ctrl_c.await;
         }
-    }
-    tracing::info!("shutting down: no new streams, finishing those in flight");
-}
-
-fn validate(path: &Path) -> ExitCode {
-    match load(path) {
-        Ok(t) => {
-            let c = t.config();
-            println!(
-                "{}: ok ({} models, {} clusters, {} categories)",
-                path.display(),
-                c.models.len(),
-                t.all_candidates().len(),
-                c.categories.len()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(code) => code,
-    }
-}
-
-async fn explain(
-    config: &Path,
-    method: &str,
-    path: &str,
-    body_file: Option<PathBuf>,
-    request_id: &str,
-) -> ExitCode {
-    let table = match load(config) {
-        Ok(t) => t,
-        Err(code) => return code,
-    };
-    let kind = RequestKind::classify(method, path, false);
-    let body = if kind.needs_body() {
-        let read = match &body_file {
-            Some(file) => std::fs::read(file),
-            None => {
-                let mut buf = Vec::new();
-                std::io::stdin().read_to_end(&mut buf).map(|_| buf)
-            }
-        };
-        match read {
-            Ok(b) => Some(b),
-            Err(e) => {
-                eprintln!("cannot read the body: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    } else {
-        None
-    };
-    let meta = RequestMeta {
-        kind: &kind,
-        request_id,
-    };
-    let outcome = routing::route(&table, meta, body.as_deref(), &NoStore).await;
-    // The decision prints in field order; an error prints as the client would receive it.
-    let printed = match &outcome {
-        Ok(decision) => serde_json::to_string_pretty(decision).unwrap_or_default(),
-        Err(e) => format!(
-            "HTTP {}\n{}",
-            e.status,
-            String::from_utf8_lossy(&e.to_json())
-        ),
-    };
-    println!("{printed}");
-    if outcome.is_ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
     }
 }

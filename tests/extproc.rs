@@ -10,7 +10,8 @@ use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders};
-use responses_router::affinity::{AffinityStore, Location};
+use responses_router::store::Store;
+use responses_router_core::affinity::Location;
 
 const ROUTING: [&str; 8] = [
     "x-router-skip-observer",
@@ -496,7 +497,7 @@ async fn many_concurrent_streams_each_get_their_own_decision() {
 struct Pinned;
 
 #[tonic::async_trait]
-impl AffinityStore for Pinned {
+impl Store for Pinned {
     async fn lookup(&self, id: &str) -> Option<Location> {
         (id == "resp_pinned").then(|| Location {
             cluster: "code".into(),
@@ -504,6 +505,9 @@ impl AffinityStore for Pinned {
         })
     }
     async fn record(&self, _: &str, _: Location) {}
+    fn local_entries(&self) -> usize {
+        0
+    }
 }
 
 #[tokio::test]
@@ -567,9 +571,9 @@ async fn grpc_health_reports_the_ext_proc_service_serving() {
 #[tokio::test]
 async fn serves_on_a_unix_socket() {
     use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
-    use responses_router::config::SharedTable;
     use responses_router::extproc::service::Listeners;
     use responses_router::extproc::{RouterService, serve};
+    use responses_router::reload::SharedTable;
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("router.sock");
@@ -579,10 +583,12 @@ async fn serves_on_a_unix_socket() {
     std::fs::remove_file(&path).unwrap();
     drop(Listeners::bind_uds(&path).unwrap());
     let listener = Listeners::bind_uds(&path).unwrap();
-    let table = responses_router::config::from_yaml(ROUTING_YAML).unwrap();
+    let table = responses_router_core::config::from_yaml(ROUTING_YAML)
+        .unwrap()
+        .table;
     let service = RouterService::new(
         SharedTable::new(table),
-        Arc::new(responses_router::affinity::NoStore),
+        Arc::new(responses_router_core::affinity::NoStore),
         Arc::new(responses_router::telemetry::Metrics::default()),
     );
     tokio::spawn(serve(
@@ -679,15 +685,15 @@ fn response_body(bytes: &[u8], end_of_stream: bool) -> Request {
 }
 
 /// An in-memory affinity store, as `serve` builds one.
-fn memory_store() -> Arc<responses_router::affinity::MemoryStore> {
-    Arc::new(responses_router::affinity::MemoryStore::new(
+fn memory_store() -> Arc<responses_router_core::affinity::MemoryStore> {
+    Arc::new(responses_router_core::affinity::MemoryStore::new(
         1000,
         std::time::Duration::from_secs(60),
     ))
 }
 
 /// A store that knows `resp_p` lives on host 127.0.0.1:9101 of the pinning cluster `general-b`.
-fn store_with_resp_p_pinned() -> Arc<responses_router::affinity::MemoryStore> {
+fn store_with_resp_p_pinned() -> Arc<responses_router_core::affinity::MemoryStore> {
     let store = memory_store();
     store.put(
         "resp_p",

@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use responses_router::affinity::{AffinityStore, Location, MemoryStore, RedisStore};
+use responses_router::store::{RedisStore, Store};
+use responses_router_core::affinity::{Location, MemoryStore};
 
 #[path = "support/processes.rs"]
 mod processes;

@@ -1,6 +1,6 @@
 """Checks what `kubectl kustomize` renders for each kustomization (run by scripts/k8s-check).
 
-    python check.py --kubectl K --envoy E --router R [--k8s-version V]... DIR...
+    python check.py --kubectl K --envoy E --router R --simulator S [--k8s-version V]... DIR...
 
 For every DIR (a kustomization, relative to deploy/kubernetes/):
   1. `kubectl kustomize DIR` renders;
@@ -10,7 +10,8 @@ For every DIR (a kustomization, relative to deploy/kubernetes/):
      very flags the rendered Deployment gives Envoy;
   4. the routing config inside the rendered ConfigMap passes `responses-router validate`, with the
      environment the Deployment gives the router (RESPONSES_ROUTER__* overrides, e.g. the Redis
-     URL), and every flag the Deployments give the binary (`serve`, `simulate`) is one it has;
+     URL), and every flag the Deployments give the router (`serve`) and the simulator image
+     (`responses-router-simulator`) is one that binary has;
   5. the objects fit together: what the schemas cannot see. Every pod runs under the restricted
      Pod Security Standard with requests, limits and probes on every container; ConfigMap volumes,
      Service selectors and ports, the HPA's target and the PDB's selector all point at something
@@ -38,6 +39,12 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ENVOY_CONTAINER = "envoy"
 ROUTER_CONTAINER = "router"
+SIMULATOR_IMAGE = "responses-router-simulator"
+
+
+def image_name(container: dict) -> str:
+    """The image's name without registry path and tag (`registry/x/name:tag` -> `name`)."""
+    return container.get("image", "").rsplit("/", 1)[-1].split(":")[0].split("@")[0]
 
 
 class Problems:
@@ -236,14 +243,20 @@ def mounted_config(template, container, objects, flag, where, local: Path, p):
     return path, text
 
 
-def check_programs(objects: list[dict], envoy: str, router: str, workdir: Path, p: Problems) -> int:
+def check_programs(objects: list[dict], envoy: str, router: str, simulator: str, workdir: Path,
+                   p: Problems) -> int:
     """Runs envoy --mode validate and responses-router validate on the configs the pods get."""
-    help_cache: dict[str, str] = {}
+    help_cache: dict[tuple[str, ...], set[str]] = {}
 
-    def router_help(sub: str) -> str:
-        if sub not in help_cache:
-            help_cache[sub] = run([router, sub, "--help"]).stdout
-        return help_cache[sub]
+    def known_flags(*argv: str) -> set[str]:
+        if argv not in help_cache:
+            help_cache[argv] = set(re.findall(r"--[a-z][a-z0-9-]*", run([*argv, "--help"]).stdout))
+        return help_cache[argv]
+
+    def check_flags(where: str, container: dict, program: str, flags: list[str], known: set[str]) -> None:
+        for flag in flags:
+            if flag not in known:
+                p.add(f"{where} container {container['name']}: `{program}` has no flag {flag}")
 
     gateways = 0
     for workload, template in pod_templates(objects):
@@ -262,20 +275,17 @@ def check_programs(objects: list[dict], envoy: str, router: str, workdir: Path, 
                 if result.returncode != 0:
                     p.add(f"{where}: `{shlex.join(argv)}` failed:\n{indent(result, 6)}")
                 check_clusters(workload, template, objects, text, p)
-            elif args and args[0] in ("serve", "simulate"):
-                sub = args[0]
-                known = set(re.findall(r"--[a-z][a-z0-9-]*", router_help(sub)))
-                for flag in flags_of(args[1:]):
-                    if flag not in known:
-                        p.add(f"{where} container {c['name']}: `responses-router {sub}` has no flag {flag}")
-                if sub == "serve":
-                    local = workdir / f"{workload['metadata']['name']}-routing.yaml"
-                    if mounted_config(template, c, objects, "--config", where, local, p) is None:
-                        continue
-                    # With the container's environment: RESPONSES_ROUTER__* override the file.
-                    result = run([router, "validate", "--config", str(local)], container_env(c))
-                    if result.returncode != 0:
-                        p.add(f"{where}: responses-router validate failed:\n{indent(result)}")
+            elif image_name(c) == SIMULATOR_IMAGE:
+                check_flags(where, c, SIMULATOR_IMAGE, flags_of(args), known_flags(simulator))
+            elif args and args[0] == "serve":
+                check_flags(where, c, "responses-router serve", flags_of(args[1:]), known_flags(router, "serve"))
+                local = workdir / f"{workload['metadata']['name']}-routing.yaml"
+                if mounted_config(template, c, objects, "--config", where, local, p) is None:
+                    continue
+                # With the container's environment: RESPONSES_ROUTER__* override the file.
+                result = run([router, "validate", "--config", str(local)], container_env(c))
+                if result.returncode != 0:
+                    p.add(f"{where}: responses-router validate failed:\n{indent(result)}")
     return gateways
 
 
@@ -331,6 +341,7 @@ def main() -> int:
     parser.add_argument("--kubectl", required=True)
     parser.add_argument("--envoy", required=True)
     parser.add_argument("--router", required=True)
+    parser.add_argument("--simulator", required=True)
     parser.add_argument("--k8s-version", action="append", required=True, dest="versions")
     parser.add_argument("--self-contained", action="append", default=[],
                         help="a kustomization whose every model-server Service must be in its own output")
@@ -352,7 +363,7 @@ def main() -> int:
                 check_references(objects, p)
                 workdir = Path(tmp) / d.replace("/", "_")
                 workdir.mkdir()
-                if check_programs(objects, opts.envoy, opts.router, workdir, p) == 0:
+                if check_programs(objects, opts.envoy, opts.router, opts.simulator, workdir, p) == 0:
                     p.add("no Deployment runs an `envoy` container")
                 if d in opts.self_contained:
                     check_self_contained(objects, p)

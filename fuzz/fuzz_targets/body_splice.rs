@@ -17,7 +17,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use responses_router::openai::body::{ROUTING_FIELDS, parse, splice_model};
+use responses_router_core::openai::body::{ROUTING_FIELDS, parse, splice_model};
 use serde_json::Value;
 
 /// Replacement models: plain, empty, needing escapes, non-ASCII, control characters.
@@ -81,8 +81,8 @@ fn check(bytes: &[u8]) {
     }
     // `input` and `messages` are read in the same single pass, into the shape text extraction
     // needs: a string stays that string, an array is an array, anything else is `Other`.
-    for (turns, name) in [(&parsed.input, "input"), (&parsed.messages, "messages")] {
-        use responses_router::openai::text::Turns;
+    for (turns, name) in [(&parsed.text.input, "input"), (&parsed.text.messages, "messages")] {
+        use responses_router_core::openai::turns::Turns;
         match (turns, value.get(name).filter(|v| !v.is_null())) {
             (None, None) => {}
             (Some(Turns::Text(t)), Some(Value::String(s))) => assert_eq!(t, s, "{name} text"),
@@ -93,17 +93,18 @@ fn check(bytes: &[u8]) {
     }
     let expected = value.get("instructions").filter(|v| !v.is_null());
     let got = parsed
+        .text
         .instructions
         .map(|r| serde_json::from_str::<Value>(r.get()).expect("raw span is JSON"));
     assert_eq!(got.as_ref(), expected, "instructions disagree");
-    if let Some(r) = parsed.instructions {
+    if let Some(r) = parsed.text.instructions {
         assert!(
             within(bytes, r.get().as_bytes()),
             "instructions span outside the body"
         );
     }
     if let Some(state) = &parsed.state {
-        use responses_router::openai::StateRef;
+        use responses_router_core::openai::StateRef;
         assert!(!state.id().is_empty());
         let expected = match state {
             StateRef::PreviousResponse(_) => value.get("previous_response_id"),
@@ -139,7 +140,7 @@ fn check(bytes: &[u8]) {
 
 /// Span and byte-level splice checks, which hold even where serde_json's whole-document reading
 /// diverges by design.
-fn splice_only(bytes: &[u8], parsed: &responses_router::openai::ParsedBody<'_>) {
+fn splice_only(bytes: &[u8], parsed: &responses_router_core::openai::ParsedBody<'_>) {
     assert_eq!(parsed.bytes, bytes);
     let Some(model) = &parsed.model else { return };
     let span = model.span.clone();

@@ -1,4 +1,4 @@
-//! Request classification (`openai::paths::RequestKind::classify`) from method and path.
+//! Request classification (`openai::paths::RequestKind::from_request`) from method and path.
 //!
 //! Input: `[!]METHOD PATH` as UTF-8 (a leading `!` sets the websocket-upgrade flag). Asserted,
 //! beyond "never panics":
@@ -13,7 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use responses_router::openai::RequestKind;
+use responses_router_core::openai::RequestKind;
 
 fn check(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -24,7 +24,7 @@ fn check(data: &[u8]) {
         None => (false, text),
     };
     let (method, path) = text.split_once(' ').unwrap_or((text, ""));
-    let kind = RequestKind::classify(method, path, websocket);
+    let kind = RequestKind::from_request(method, path, websocket);
     let base = path.split(['?', '#']).next().unwrap_or_default();
 
     let id = match &kind {
@@ -76,7 +76,7 @@ fn check(data: &[u8]) {
     // Invariances: method case, query/fragment, one trailing slash.
     let same = |m: &str, p: &str| {
         assert_eq!(
-            RequestKind::classify(m, p, websocket),
+            RequestKind::from_request(m, p, websocket),
             kind,
             "{m} {p} vs {method} {path}"
         );

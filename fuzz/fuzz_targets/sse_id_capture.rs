@@ -14,7 +14,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use responses_router::extproc::observe::{Capture, IdCapture};
+use responses_router_core::learn::{Capture, Format, IdCapture};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
@@ -111,7 +111,7 @@ fn reference_sse(stream: &[u8]) -> Option<String> {
 
 /// Feeds `chunks` until the capture decides; the last chunk carries `end`.
 fn run(chunks: &[&[u8]], sse: bool, end: bool) -> Capture {
-    let mut capture = IdCapture::new(sse);
+    let mut capture = IdCapture::new(if sse { Format::EventStream } else { Format::Json });
     for (i, chunk) in chunks.iter().enumerate() {
         match capture.feed(chunk, end && i + 1 == chunks.len()) {
             Capture::Pending => continue,

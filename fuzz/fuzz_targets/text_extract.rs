@@ -15,8 +15,8 @@
 use std::collections::BTreeSet;
 
 use libfuzzer_sys::fuzz_target;
-use responses_router::openai::body::parse;
-use responses_router::openai::text::{TextPolicy, extract};
+use responses_router_core::openai::body::parse;
+use responses_router_core::openai::text::{TextPolicy, extract};
 use serde_json::Value;
 
 /// Every string value (not keys) under `v`, repeats included: a repeated string may be extracted
@@ -63,8 +63,8 @@ fn check(bytes: &[u8]) {
     let with = TextPolicy {
         include_instructions: true,
     };
-    let plain = extract(&parsed, TextPolicy::default());
-    let full = extract(&parsed, with);
+    let plain = extract(&parsed.text, TextPolicy::default());
+    let full = extract(&parsed.text, with);
     for result in [&plain, &full] {
         if let Err(e) = result {
             assert_eq!(e.status, 400);
@@ -78,7 +78,7 @@ fn check(bytes: &[u8]) {
     }
     assert_eq!(
         plain.as_ref().map_err(|e| e.message.clone()),
-        extract(&parsed, TextPolicy::default())
+        extract(&parsed.text, TextPolicy::default())
             .as_ref()
             .map_err(|e| e.message.clone()),
         "extraction is not deterministic"
@@ -116,10 +116,10 @@ fn check(bytes: &[u8]) {
             "text not made of input strings: {text:?}"
         );
         // `instructions` is ignored without the policy: removing it changes nothing.
-        if parsed.instructions.is_some() {
+        if parsed.text.instructions.is_some() {
             let mut without = parsed;
-            without.instructions = None;
-            let again = extract(&without, TextPolicy::default()).map_err(|e| e.message);
+            without.text.instructions = None;
+            let again = extract(&without.text, TextPolicy::default()).map_err(|e| e.message);
             assert_eq!(
                 again.as_ref(),
                 Ok(text),

@@ -1,4 +1,5 @@
-//! Envoy ext_proc message plumbing: header access and `ProcessingResponse` builders.
+//! Envoy ext_proc message plumbing: header access and `ProcessingResponse` builders, used by the
+//! stream driver (`super::driver`).
 //!
 //! Two Envoy rules shape this file: header values arrive in `raw_value` (bytes) with `value` empty,
 //! and a mutation must set only `raw_value` (setting both fails the request with a 500).
@@ -6,17 +7,14 @@
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderMap, HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
-use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::{
-    ProcessingMode,
-    processing_mode::{BodySendMode, HeaderSendMode},
-};
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, ImmediateResponse,
     ProcessingResponse, TrailersResponse, body_mutation, processing_response::Response,
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 
-use crate::openai::ApiError;
+use responses_router_core::ApiError;
 
 /// Looks up a header (names are lower-case in Envoy's map), preferring `raw_value`.
 pub fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
@@ -41,39 +39,6 @@ pub fn set_header(name: &str, value: &str) -> HeaderValueOption {
         }),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
         ..Default::default()
-    }
-}
-
-/// The mode the router asks for on request headers. `buffer_body`: Envoy holds headers and body
-/// until the router answers, so the route can depend on the body. `watch_response`: the response
-/// headers come to the router too (requests that create state, to learn where it lives). Every
-/// field is set because a `mode_override` replaces the whole mode (an unset header mode means SEND).
-pub fn request_mode(buffer_body: bool, watch_response: bool) -> ProcessingMode {
-    ProcessingMode {
-        request_header_mode: HeaderSendMode::Send as i32,
-        response_header_mode: if watch_response {
-            HeaderSendMode::Send
-        } else {
-            HeaderSendMode::Skip
-        } as i32,
-        request_body_mode: if buffer_body {
-            BodySendMode::Buffered
-        } else {
-            BodySendMode::None
-        } as i32,
-        response_body_mode: BodySendMode::None as i32,
-        request_trailer_mode: HeaderSendMode::Skip as i32,
-        response_trailer_mode: HeaderSendMode::Skip as i32,
-    }
-}
-
-/// The mode the router asks for on a JSON response whose id it must learn: Envoy holds the (small)
-/// body until the router has recorded the id, so the client cannot continue the conversation
-/// before the router knows where it lives.
-pub fn buffered_response_mode() -> ProcessingMode {
-    ProcessingMode {
-        response_body_mode: BodySendMode::Buffered as i32,
-        ..request_mode(false, true)
     }
 }
 
@@ -105,7 +70,7 @@ pub fn clear_body() -> BodyMutation {
     }
 }
 
-/// Reply to a request- or response-headers message.
+/// Reply to a request-headers message.
 pub fn request_headers_reply(
     response: CommonResponse,
     mode: Option<ProcessingMode>,

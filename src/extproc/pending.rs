@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tonic::async_trait;
 
-use crate::affinity::{AffinityStore, Location};
+use responses_router_core::affinity::Location;
+
+use crate::store::Store;
 
 /// Longest a missed lookup waits for pending ids to be learned.
 pub const SETTLE_LIMIT: Duration = Duration::from_millis(250);
@@ -138,19 +140,19 @@ fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
 
 /// The affinity store as routing sees it: a miss first lets pending streamed ids be learned.
 pub struct SettlingStore {
-    inner: Arc<dyn AffinityStore>,
+    inner: Arc<dyn Store>,
     pending: Arc<PendingIds>,
 }
 
 impl SettlingStore {
     /// Wraps `inner`; misses wait on `pending`.
-    pub fn new(inner: Arc<dyn AffinityStore>, pending: Arc<PendingIds>) -> Self {
+    pub fn new(inner: Arc<dyn Store>, pending: Arc<PendingIds>) -> Self {
         SettlingStore { inner, pending }
     }
 }
 
 #[async_trait]
-impl AffinityStore for SettlingStore {
+impl Store for SettlingStore {
     async fn lookup(&self, id: &str) -> Option<Location> {
         if let Some(found) = self.inner.lookup(id).await {
             return Some(found);
@@ -178,7 +180,7 @@ impl AffinityStore for SettlingStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::affinity::MemoryStore;
+    use responses_router_core::affinity::MemoryStore;
 
     fn loc() -> Location {
         Location {

@@ -11,16 +11,18 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     processing_request::Request as Msg,
 };
 use futures_util::{Stream, StreamExt};
+use responses_router_core::config::RoutingTable;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::observe::{Observer, Step};
+use super::driver::{Driver, Hooks, Outcome};
+use super::observe::ObserverHooks;
 use super::pending::{PendingIds, SettlingStore};
-use super::stream::StreamState;
-use crate::affinity::AffinityStore;
+use super::routing::RoutingHooks;
 use crate::api::AdminApi;
-use crate::config::SharedTable;
+use crate::reload::SharedTable;
+use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::Phase;
 
@@ -29,14 +31,14 @@ use crate::telemetry::metrics::Phase;
 pub struct RouterService {
     table: SharedTable,
     /// The store as routing sees it: a miss waits for streamed ids still being learned.
-    store: Arc<dyn AffinityStore>,
+    store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     pending: Arc<PendingIds>,
 }
 
 impl RouterService {
     /// A service routing with `table`, learning affinity into `store`, counting into `metrics`.
-    pub fn new(table: SharedTable, store: Arc<dyn AffinityStore>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(table: SharedTable, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
         let pending = Arc::new(PendingIds::default());
         RouterService {
             table,
@@ -70,70 +72,96 @@ impl ExternalProcessor for RouterService {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (store, metrics) = (Arc::clone(&self.store), Arc::clone(&self.metrics));
+        let inbound = request.into_inner();
         let table = self.table.current();
-        let pending = table
-            .config()
-            .affinity
-            .learn
-            .then(|| Arc::clone(&self.pending));
-        let mut state = StreamState::new(
-            table,
-            Arc::clone(&self.store),
-            Arc::clone(&self.metrics),
-            Arc::clone(&self.pending),
-        );
+        let service = self.clone();
         // Replies are strictly one per message, so a small channel never holds more than one.
         let (tx, rx) = tokio::sync::mpsc::channel(2);
-        tokio::spawn(async move {
-            loop {
-                let message = match inbound.message().await {
-                    Ok(Some(m)) => m,
-                    Ok(None) => break,
-                    Err(status) => {
-                        // A message the router could not read (e.g. over the gRPC size limit) must
-                        // end the stream with an error: ending it with OK would let Envoy forward
-                        // the request without the router's decision.
-                        tracing::debug!(%status, "ext_proc stream failed");
-                        let _ = tx.send(Err(status)).await;
-                        break;
-                    }
-                };
-                if message.observability_mode {
-                    // The observer filter's stream: learn from it, never answer (Envoy ignores
-                    // answers in this mode); dropping `tx` closes it once nothing more is needed.
-                    let mut observer =
-                        Observer::new(Arc::clone(&store), Arc::clone(&metrics), pending);
-                    let mut next = Some(message);
-                    while let Some(m) = next.take() {
-                        let started = std::time::Instant::now();
-                        let step = observer.handle(m).await;
-                        metrics.observe_duration(Phase::Response, started.elapsed());
-                        if step == Step::Done {
-                            break;
-                        }
-                        next = inbound.message().await.ok().flatten();
-                    }
-                    break;
-                }
-                let phase = match message.request {
-                    Some(
-                        Msg::ResponseHeaders(_) | Msg::ResponseBody(_) | Msg::ResponseTrailers(_),
-                    ) => Phase::Response,
-                    _ => Phase::Request,
-                };
-                let started = std::time::Instant::now();
-                let reply = state.handle(message).await.map_err(Status::from);
-                metrics.observe_duration(phase, started.elapsed());
-                let failed = reply.is_err();
-                // A failed send means Envoy went away: nothing is left to answer.
-                if tx.send(reply).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
+        tokio::spawn(async move { service.run_stream(table, inbound, tx).await });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+type Replies = tokio::sync::mpsc::Sender<Result<ProcessingResponse, Status>>;
+
+impl RouterService {
+    /// Runs one stream: the first message says whether it is the observer filter's
+    /// (observability mode) or the routing filter's.
+    async fn run_stream(
+        self,
+        table: Arc<RoutingTable>,
+        mut inbound: Streaming<ProcessingRequest>,
+        tx: Replies,
+    ) {
+        let first = match inbound.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        };
+        let store = Arc::clone(&self.store);
+        let metrics = Arc::clone(&self.metrics);
+        if first.observability_mode {
+            // Envoy ignores answers in this mode; dropping `tx` closes the stream once nothing
+            // more is needed.
+            let pending = table.learns().then(|| Arc::clone(&self.pending));
+            let hooks = ObserverHooks::new(store, metrics, pending);
+            drive(Driver::observing(hooks), first, inbound, tx, &self.metrics).await;
+        } else {
+            let max_body_bytes = table.max_body_bytes();
+            let hooks = RoutingHooks::new(table, store, metrics, Arc::clone(&self.pending));
+            let driver = Driver::replying(hooks, max_body_bytes);
+            drive(driver, first, inbound, tx, &self.metrics).await;
+        }
+    }
+}
+
+/// Feeds every message of the stream to `driver` and sends its replies, until either side ends.
+async fn drive<H: Hooks>(
+    mut driver: Driver<H>,
+    first: ProcessingRequest,
+    mut inbound: Streaming<ProcessingRequest>,
+    tx: Replies,
+    metrics: &Metrics,
+) {
+    let mut next = Some(first);
+    while let Some(message) = next.take() {
+        let phase = match message.request {
+            Some(Msg::ResponseHeaders(_) | Msg::ResponseBody(_) | Msg::ResponseTrailers(_)) => {
+                Phase::Response
+            }
+            _ => Phase::Request,
+        };
+        let started = std::time::Instant::now();
+        let outcome = driver.handle(message).await;
+        metrics.observe_duration(phase, started.elapsed());
+        let reply = match outcome {
+            Ok(Outcome::Reply(reply)) => Ok(*reply),
+            Ok(Outcome::Silent) => {
+                next = inbound.message().await.ok().flatten();
+                continue;
+            }
+            Ok(Outcome::Close) => return,
+            Err(violation) => Err(Status::from(violation)),
+        };
+        let failed = reply.is_err();
+        // A failed send means Envoy went away: nothing is left to answer.
+        if tx.send(reply).await.is_err() || failed {
+            return;
+        }
+        next = match inbound.message().await {
+            Ok(m) => m,
+            Err(status) => {
+                // A message the router could not read (e.g. over the gRPC size limit) must end
+                // the stream with an error: ending it with OK would let Envoy forward the request
+                // without the router's decision.
+                tracing::debug!(%status, "ext_proc stream failed");
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        };
     }
 }
 

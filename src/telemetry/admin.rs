@@ -18,12 +18,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::Metrics;
-use crate::affinity::AffinityStore;
+use crate::store::Store;
 
 #[derive(Clone)]
 struct Admin {
     metrics: Arc<Metrics>,
-    store: Arc<dyn AffinityStore>,
+    store: Arc<dyn Store>,
     require_store: bool,
 }
 
@@ -38,7 +38,7 @@ impl Admin {
 }
 
 /// The admin routes.
-pub fn router(metrics: Arc<Metrics>, store: Arc<dyn AffinityStore>, require_store: bool) -> Router {
+pub fn router(metrics: Arc<Metrics>, store: Arc<dyn Store>, require_store: bool) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))

@@ -13,15 +13,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::routing::{AffinityOutcome, Decision};
-
+/// The labels of a routing decision. Every value is bounded: request kinds and reasons are
+/// fixed sets, models, clusters and categories come from the routing YAML.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DecisionLabels {
-    gen_ai_operation_name: &'static str,
-    reason: &'static str,
-    gen_ai_request_model: String,
-    cluster: String,
-    category: String,
+pub struct DecisionLabels {
+    pub gen_ai_operation_name: &'static str,
+    pub reason: &'static str,
+    pub gen_ai_request_model: String,
+    pub cluster: String,
+    pub category: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -175,20 +175,9 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts a decision and, if the request named state, how it was placed.
-    pub fn decided(&self, decision: &Decision) {
-        self.decisions
-            .get_or_create(&DecisionLabels {
-                gen_ai_operation_name: decision.kind,
-                reason: decision.reason.as_str(),
-                gen_ai_request_model: decision.model.clone().unwrap_or_default(),
-                cluster: decision.cluster.clone(),
-                category: decision.category.clone().unwrap_or_default(),
-            })
-            .inc();
-        if let Some(outcome) = decision.affinity {
-            self.affinity_outcome(outcome.as_str());
-        }
+    /// Counts a decision.
+    pub fn decided(&self, labels: &DecisionLabels) {
+        self.decisions.get_or_create(labels).inc();
     }
 
     /// Counts a refused request.
@@ -199,6 +188,13 @@ impl Metrics {
     /// Counts a continuation that reached another host than the one its state was pinned to.
     pub fn moved_host(&self) {
         self.affinity_outcome("moved_host");
+    }
+
+    /// Counts how a request naming a state id was placed (`hit`, `miss`, `stale_cluster`).
+    pub fn affinity_outcome(&self, outcome: &'static str) {
+        self.affinity
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     /// Counts a learned id.
@@ -244,12 +240,6 @@ impl Metrics {
         self.store_up.set(i64::from(up));
     }
 
-    fn affinity_outcome(&self, outcome: &'static str) {
-        self.affinity
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc();
-    }
-
     /// The classic Prometheus text format (0.0.4), for clients that do not ask for OpenMetrics
     /// (curl, `promtool check metrics`). It differs from OpenMetrics in naming a counter family
     /// by its `_total` sample name and in having no `# EOF`.
@@ -283,17 +273,6 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
-    }
-}
-
-impl AffinityOutcome {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AffinityOutcome::Hit => "hit",
-            AffinityOutcome::Miss => "miss",
-            AffinityOutcome::StaleCluster => "stale_cluster",
-        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! What operators see: Prometheus metrics (and, later, tracing setup and health).
+//! What operators see: Prometheus metrics and the admin HTTP port (health, readiness, metrics).
+//! Plain counters and label values only: the front-end projects its decisions onto them.
 
 pub mod admin;
 pub mod metrics;

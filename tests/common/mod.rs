@@ -11,11 +11,12 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     external_processor_client::ExternalProcessorClient, processing_request::Request,
     processing_response::Response,
 };
-use responses_router::affinity::{AffinityStore, NoStore};
-use responses_router::config;
-use responses_router::config::SharedTable;
 use responses_router::extproc::service::Listeners;
 use responses_router::extproc::{RouterService, serve};
+use responses_router::reload::SharedTable;
+use responses_router::store::Store;
+use responses_router_core::affinity::NoStore;
+use responses_router_core::config;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -58,8 +59,8 @@ pub async fn start() -> Router {
     start_with(ROUTING_YAML, Arc::new(NoStore)).await
 }
 
-pub async fn start_with(yaml: &str, store: Arc<dyn AffinityStore>) -> Router {
-    let table = config::from_yaml(yaml).expect("test config is valid");
+pub async fn start_with(yaml: &str, store: Arc<dyn Store>) -> Router {
+    let table = config::from_yaml(yaml).expect("test config is valid").table;
     let metrics = Arc::new(responses_router::telemetry::Metrics::default());
     let service = RouterService::new(SharedTable::new(table), store, metrics.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

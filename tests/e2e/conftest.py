@@ -3,8 +3,9 @@
     OpenAI SDK --HTTP--> Envoy (deploy/envoy.yaml, ports rewritten) --> sim-general | sim-code
                             \\--ext_proc gRPC--> responses-router serve --config deploy/routing.yaml
 
-The router binary comes from `cargo build` (debug profile; a no-op when up to date, so the tests never
-run a stale binary) unless RESPONSES_ROUTER_BIN names one. Envoy is ENVOY_BIN, else `envoy` on PATH,
+The router and simulator binaries come from `cargo build` (debug profile; a no-op when up to date, so
+the tests never run a stale binary) unless RESPONSES_ROUTER_BIN (and RESPONSES_ROUTER_SIMULATOR_BIN)
+name them. Envoy is ENVOY_BIN, else `envoy` on PATH,
 else .venv/bin/envoy (scripts/python-env installs it). On any failure the logs of every process are
 printed at the end of the run.
 """
@@ -26,8 +27,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import CODE_CHUNK_DELAY_MS, CODE_STREAM_CHUNKS  # noqa: E402
 from procs import (  # noqa: E402
-    ENVOY_YAML, ROOT, ROUTING_YAML, SHIPPED_PORTS, SIMULATORS, STARTUP_TIMEOUT, Proc, StartupError, cargo_target_dir,
-    free_ports, http_status, render_ports, tcp_open,
+    CARGO_PACKAGES, ENVOY_YAML, ROOT, ROUTING_YAML, SHIPPED_PORTS, SIMULATORS, STARTUP_TIMEOUT, Proc, StartupError,
+    cargo_target_dir, free_ports, http_status, render_ports, simulator_argv, simulator_binary, tcp_open,
 )
 
 BUILD_TIMEOUT = 1500.0
@@ -53,7 +54,7 @@ def _router_binary() -> Path:
         return Path(explicit)
     try:
         subprocess.run(
-            ["cargo", "build", "--quiet", "--bin", "responses-router"],
+            ["cargo", "build", "--quiet", *CARGO_PACKAGES],
             cwd=ROOT,
             check=True,
             timeout=BUILD_TIMEOUT,
@@ -114,9 +115,9 @@ def envoy_bin() -> str:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("stack")
     binary = _router_binary()
+    simulator = simulator_binary(binary)
     envoy = _envoy_binary()
-    for sub in ("simulate", "serve"):
-        _require_subcommand(binary, sub)
+    _require_subcommand(binary, "serve")
 
     ports = dict(zip(SHIPPED_PORTS, free_ports(len(SHIPPED_PORTS))))
     envoy_yaml = render_envoy_yaml(workdir / "envoy.yaml", ports)
@@ -135,8 +136,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         # The deploy/routing.yaml holds no address or port, so the shipped file is used as is.
         for name, (key, model) in SIMULATORS.items():
-            argv = [str(binary), "simulate", "--listen", f"127.0.0.1:{ports[key]}", "--instance", name,
-                    "--models", model]
+            argv = simulator_argv(simulator, name, ports[key], model)
             if name == "sim-code":
                 argv += ["--chunk-delay-ms", str(CODE_CHUNK_DELAY_MS), "--stream-chunks", str(CODE_STREAM_CHUNKS)]
             s.procs[name] = start(name, argv)

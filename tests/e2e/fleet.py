@@ -29,7 +29,7 @@ import openai
 from helpers import CONVERSATION_PROMPTS as PROMPTS, SIMULATOR_OUTPUT as OUTPUT
 from procs import (
     ENVOY_YAML, ROOT, ROUTING_YAML, SHIPPED_PORTS, SIMULATORS, STARTUP_TIMEOUT, Proc, free_ports, http_status,
-    render_ports, tcp_open,
+    render_ports, simulator_argv, simulator_binary, tcp_open,
 )
 
 
@@ -69,8 +69,8 @@ class Fleet:
 
     def start_sim(self, name: str) -> Proc:
         port = self.sim_ports[name]
-        proc = self._start(name, [self.router_bin, "simulate", "--listen", f"127.0.0.1:{port}",
-                                  "--instance", name, "--models", SIMULATORS[name][1]])
+        proc = self._start(name, simulator_argv(simulator_binary(self.router_bin), name, port,
+                                                SIMULATORS[name][1]))
         proc.wait_until(lambda: http_status(port, "/v1/models") > 0, STARTUP_TIMEOUT, "HTTP answer")
         return proc
 

@@ -34,6 +34,9 @@ SIMULATORS = {
     "sim-story-b": ("story-b", "story-model"),
 }
 STARTUP_TIMEOUT = 30.0
+# `cargo build` arguments for the two binaries the stack runs: the router and the model-server
+# simulator (its own package, so the production binary does not carry it).
+CARGO_PACKAGES = ["-p", "responses-router", "-p", "responses-router-simulator"]
 
 
 class StartupError(RuntimeError):
@@ -143,6 +146,18 @@ def render_ports(text: str, ports: dict[int, int], source: str) -> str:
         if count != 1:
             raise StartupError(f"{source}: expected exactly one 'port_value: {old}', found {count}")
     return text
+
+
+def simulator_binary(router_bin: str | Path) -> str:
+    """The simulator built beside `router_bin` (same profile), unless RESPONSES_ROUTER_SIMULATOR_BIN
+    names one."""
+    return os.environ.get("RESPONSES_ROUTER_SIMULATOR_BIN") or str(
+        Path(router_bin).with_name("responses-router-simulator"))
+
+
+def simulator_argv(binary: str | Path, name: str, port: int, model: str, *extra: str) -> list[str]:
+    """One simulated model server `name` serving `model` on 127.0.0.1:`port`."""
+    return [str(binary), "--listen", f"127.0.0.1:{port}", "--instance", name, "--models", model, *extra]
 
 
 def cargo_target_dir(root: Path) -> Path:

@@ -20,7 +20,7 @@ import pytest
 from conftest import (ROUTING_YAML, STARTUP_TIMEOUT, Stack, _envoy_binary, _router_binary, envoy_argv,
                       render_envoy_yaml, start_proc, wait_envoy_ready)
 from helpers import CODING_PROMPT
-from procs import free_ports, http_status, tcp_open
+from procs import free_ports, http_status, simulator_argv, simulator_binary, tcp_open
 from test_body import received_body, spliced
 from test_hostile import parse_response
 
@@ -53,10 +53,9 @@ def slow_stack(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     binary = _router_binary()
     ports = {**stack.ports, **dict(zip(("listener", "admin", "router", "code"), free_ports(4)))}
     env = {**os.environ, "RUST_BACKTRACE": "1"}
-    sim = start_proc("sim-code-slow", [str(binary), "simulate", "--listen", f"127.0.0.1:{ports['code']}",
-                                       "--instance", "sim-code-slow", "--models", "code-model",
-                                       "--chunk-delay-ms", str(LONG_STREAM_DELAY_MS),
-                                       "--stream-chunks", str(LONG_STREAM_CHUNKS)], workdir, env)
+    sim = start_proc("sim-code-slow", simulator_argv(simulator_binary(binary), "sim-code-slow", ports["code"],
+                                                     "code-model", "--chunk-delay-ms", str(LONG_STREAM_DELAY_MS),
+                                                     "--stream-chunks", str(LONG_STREAM_CHUNKS)), workdir, env)
     router = start_proc("router-slow", [str(binary), "serve", "--config", str(ROUTING_YAML), "--admin-listen",
                                         "none", "--listen", f"127.0.0.1:{ports['router']}"], workdir, env)
     envoy = start_proc("envoy-slow", envoy_argv(_envoy_binary(), render_envoy_yaml(workdir / "envoy.yaml", ports)),

@@ -1,0 +1,177 @@
+//! The routing YAML: schema, loading (file, then environment overrides), validation and
+//! compilation.
+//!
+//! Loading yields the startup [`Settings`] and a [`RoutingTable`], the compiled form the decision
+//! reads. A table is immutable; a reload compiles a new one against the settings in force
+//! ([`reload`]), so a request never sees half a config and a limit never changes under a running
+//! process.
+
+mod schema;
+mod table;
+
+pub use schema::{
+    AffinityConfig, CategoryConfig, ClassificationConfig, ClusterConfig, ClusterRef, ModelConfig,
+    RoutingConfig, Settings, UnknownModelPolicy,
+};
+pub use table::{ConfigIssue, RoutingTable};
+
+use std::path::Path;
+
+/// Prefix of environment variables that override top-level scalars, e.g.
+/// `RESPONSES_ROUTER__MAX_BODY_BYTES=1048576`.
+pub const ENV_PREFIX: &str = "RESPONSES_ROUTER";
+
+/// A routing config that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read routing config: {0}")]
+    Read(#[from] config::ConfigError),
+    #[error("invalid routing config:\n{}", format_issues(.0))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+fn format_issues(issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("  - {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A routing YAML, validated and compiled.
+#[derive(Debug)]
+pub struct Compiled {
+    /// What stays in force until the process restarts.
+    pub settings: Settings,
+    /// What a reload replaces.
+    pub table: RoutingTable,
+}
+
+/// A reloaded routing YAML: the new table, compiled against the settings in force.
+#[derive(Debug)]
+pub struct Reloaded {
+    pub table: RoutingTable,
+    /// Startup settings the new file changes, which take effect only after a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// Loads, overrides from the environment, validates and compiles a routing YAML file.
+pub fn load(path: &Path) -> Result<Compiled, ConfigError> {
+    compile(read(file(path))?)
+}
+
+/// Parses a routing YAML document (environment overrides included), for tests and tools.
+pub fn from_yaml(yaml: &str) -> Result<Compiled, ConfigError> {
+    compile(read(config::File::from_str(
+        yaml,
+        config::FileFormat::Yaml,
+    ))?)
+}
+
+fn file(path: &Path) -> config::File<config::FileSourceFile, config::FileFormat> {
+    config::File::from(path).format(config::FileFormat::Yaml)
+}
+
+/// Loads the routing YAML file again and compiles its routes against the settings in force.
+pub fn reload(path: &Path, in_force: &Settings) -> Result<Reloaded, ConfigError> {
+    let config = read(file(path))?;
+    let settings = config.settings();
+    // The new file's own settings must be valid too, or the next restart would fail.
+    let mut issues = settings.validate().err().unwrap_or_default();
+    match RoutingTable::compile(&config, in_force) {
+        Ok(table) if issues.is_empty() => Ok(Reloaded {
+            table,
+            needs_restart: settings.differences(in_force),
+        }),
+        Ok(_) => Err(ConfigError::Invalid(issues)),
+        Err(ConfigError::Invalid(routes)) => {
+            issues.extend(routes);
+            Err(ConfigError::Invalid(issues))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn compile(config: RoutingConfig) -> Result<Compiled, ConfigError> {
+    let settings = config.settings();
+    let table = RoutingTable::compile(&config, &settings)?;
+    Ok(Compiled { settings, table })
+}
+
+fn read(source: impl config::Source + Send + Sync + 'static) -> Result<RoutingConfig, ConfigError> {
+    let raw = config::Config::builder()
+        .add_source(source)
+        .add_source(env_overrides())
+        .build()?;
+    Ok(raw.try_deserialize()?)
+}
+
+fn env_overrides() -> config::Environment {
+    config::Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = "default_model: m\nmodels: [{ name: m, clusters: [{ name: c }] }]\n";
+
+    fn with_env(vars: &[(&str, &str)]) -> Result<Compiled, ConfigError> {
+        let env = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(YAML, config::FileFormat::Yaml))
+            .add_source(env_overrides().source(Some(env)))
+            .build()?;
+        compile(raw.try_deserialize()?)
+    }
+
+    #[test]
+    fn environment_overrides_top_level_scalars() {
+        let t = with_env(&[("RESPONSES_ROUTER__MAX_BODY_BYTES", "2048")]).unwrap();
+        assert_eq!(t.table.max_body_bytes(), 2048);
+        let t = with_env(&[("RESPONSES_ROUTER__UNKNOWN_MODEL", "default")]).unwrap();
+        assert_eq!(t.table.unknown_model(), UnknownModelPolicy::Default);
+        // A typo in an override is an error, not silently ignored.
+        assert!(with_env(&[("RESPONSES_ROUTER__MAX_BODY_BYTE", "1")]).is_err());
+    }
+
+    #[test]
+    fn load_reads_a_file_and_names_it_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routing.yaml");
+        std::fs::write(&path, YAML).unwrap();
+        assert_eq!(load(&path).unwrap().table.default_model(), "m");
+        let missing = dir.path().join("nope.yaml");
+        assert!(matches!(load(&missing), Err(ConfigError::Read(_))));
+    }
+
+    #[test]
+    fn a_reload_keeps_the_startup_settings_and_names_those_it_ignores() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routing.yaml");
+        std::fs::write(&path, YAML).unwrap();
+        let in_force = load(&path).unwrap().settings;
+        std::fs::write(
+            &path,
+            format!("{YAML}max_body_bytes: 64\naffinity: {{ capacity: 5 }}\n"),
+        )
+        .unwrap();
+        let reloaded = reload(&path, &in_force).unwrap();
+        assert_eq!(
+            reloaded.needs_restart,
+            ["max_body_bytes", "affinity.capacity"]
+        );
+        assert_eq!(reloaded.table.max_body_bytes(), in_force.max_body_bytes);
+        std::fs::write(&path, format!("{YAML}max_body_bytes: 0\n")).unwrap();
+        assert!(
+            matches!(reload(&path, &in_force), Err(ConfigError::Invalid(_))),
+            "invalid startup settings are rejected on reload too"
+        );
+    }
+}

@@ -1,0 +1,440 @@
+//! Validation and compilation of a routing YAML into the lookup tables the decision uses.
+//!
+//! Validating is compiling: every regex is compiled once, by the classifier that will run it, and
+//! its errors are reported with the rest. The table exposes compiled queries only (which clusters
+//! serve a model, which models a cluster serves, the classifier), never the raw config.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::ConfigError;
+use super::schema::{RoutingConfig, Settings, UnknownModelPolicy};
+use crate::affinity::Candidate;
+use crate::classify::{RuleCategory, RulesClassifier, RulesError};
+use crate::openai::text::TextPolicy;
+
+/// One problem in a routing config, naming the field as a path (`categories[1].model`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct ConfigIssue {
+    pub field: String,
+    pub problem: String,
+}
+
+/// The validated, compiled routing config.
+#[derive(Debug)]
+pub struct RoutingTable {
+    /// The startup settings in force when the process started; a reload compiles new routes
+    /// against these, so a table's limits never change while the process runs.
+    settings: Settings,
+    auto_models: Vec<String>,
+    default_model: String,
+    unknown_model: UnknownModelPolicy,
+    text_policy: TextPolicy,
+    /// Model name -> clusters serving it, in config order, with weights.
+    model_clusters: HashMap<String, Vec<(String, u32)>>,
+    /// Model names in config order.
+    models: Vec<String>,
+    /// Cluster name -> models it serves, in config order.
+    cluster_models: BTreeMap<String, Vec<String>>,
+    /// Clusters whose continuations are pinned to their host too.
+    pinned_clusters: HashSet<String>,
+    classifier: RulesClassifier,
+    /// The model each category routes to, in category order.
+    category_models: Vec<String>,
+}
+
+impl RoutingTable {
+    /// Validates the routes of `config` and compiles them with `settings` (the startup settings in
+    /// force); every problem found is reported, not only the first.
+    pub(super) fn compile(
+        config: &RoutingConfig,
+        settings: &Settings,
+    ) -> Result<Self, ConfigError> {
+        let mut issues = Vec::new();
+        let mut issue =
+            |field: String, problem: String| issues.push(ConfigIssue { field, problem });
+
+        if config.auto_models.is_empty() {
+            issue(
+                "auto_models".into(),
+                "must name at least one model (e.g. `auto`)".into(),
+            );
+        }
+        if config.models.is_empty() {
+            issue("models".into(), "at least one model is required".into());
+        }
+
+        let mut model_clusters: HashMap<String, Vec<(String, u32)>> = HashMap::new();
+        let mut cluster_models: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (i, model) in config.models.iter().enumerate() {
+            let field = format!("models[{i}]");
+            if model.name.trim().is_empty() {
+                issue(format!("{field}.name"), "must not be empty".into());
+            }
+            if model_clusters.contains_key(&model.name) {
+                issue(
+                    format!("{field}.name"),
+                    format!("duplicate model `{}`", model.name),
+                );
+                continue;
+            }
+            if config.auto_models.contains(&model.name) {
+                issue(
+                    format!("{field}.name"),
+                    format!("`{}` is also listed in auto_models", model.name),
+                );
+            }
+            if model.clusters.is_empty() {
+                issue(
+                    format!("{field}.clusters"),
+                    format!("model `{}` has no cluster", model.name),
+                );
+            }
+            let mut seen = HashSet::new();
+            let mut clusters = Vec::new();
+            for (j, c) in model.clusters.iter().enumerate() {
+                let cfield = format!("{field}.clusters[{j}]");
+                if c.name.trim().is_empty() {
+                    issue(format!("{cfield}.name"), "must not be empty".into());
+                } else if !seen.insert(c.name.as_str()) {
+                    issue(
+                        format!("{cfield}.name"),
+                        format!("duplicate cluster `{}`", c.name),
+                    );
+                }
+                if c.weight == 0 {
+                    issue(format!("{cfield}.weight"), "must be at least 1".into());
+                }
+                clusters.push((c.name.clone(), c.weight));
+                let served = cluster_models.entry(c.name.clone()).or_default();
+                if !served.contains(&model.name) {
+                    served.push(model.name.clone());
+                }
+            }
+            model_clusters.insert(model.name.clone(), clusters);
+        }
+
+        let mut declared = HashSet::new();
+        for (i, cluster) in config.clusters.iter().enumerate() {
+            if !declared.insert(cluster.name.as_str()) {
+                issue(
+                    format!("clusters[{i}].name"),
+                    format!("duplicate cluster `{}`", cluster.name),
+                );
+            } else if !cluster_models.contains_key(&cluster.name) {
+                issue(
+                    format!("clusters[{i}].name"),
+                    format!(
+                        "cluster `{}` serves no model (list it under a model's clusters)",
+                        cluster.name
+                    ),
+                );
+            }
+        }
+
+        if !model_clusters.contains_key(&config.default_model) {
+            issue(
+                "default_model".into(),
+                format!(
+                    "unknown model `{}` (not listed under models)",
+                    config.default_model
+                ),
+            );
+        }
+
+        let mut category_names = HashSet::new();
+        let mut rules = Vec::new();
+        for (i, category) in config.categories.iter().enumerate() {
+            let field = format!("categories[{i}]");
+            if category.name.trim().is_empty() {
+                issue(format!("{field}.name"), "must not be empty".into());
+            } else if !category_names.insert(category.name.as_str()) {
+                issue(
+                    format!("{field}.name"),
+                    format!("duplicate category `{}`", category.name),
+                );
+            }
+            if !model_clusters.contains_key(&category.model) {
+                issue(
+                    format!("{field}.model"),
+                    format!(
+                        "unknown model `{}` (not listed under models)",
+                        category.model
+                    ),
+                );
+            }
+            if category.keywords.iter().all(|k| k.trim().is_empty()) && category.patterns.is_empty()
+            {
+                issue(
+                    field.clone(),
+                    "needs at least one keyword or pattern".into(),
+                );
+            }
+            for (j, k) in category.keywords.iter().enumerate() {
+                if k.trim().is_empty() {
+                    issue(format!("{field}.keywords[{j}]"), "must not be empty".into());
+                }
+            }
+            rules.push(RuleCategory {
+                name: category.name.clone(),
+                keywords: category.keywords.clone(),
+                patterns: category.patterns.clone(),
+                min_score: category.min_score,
+            });
+        }
+
+        if let Err(problems) = settings.validate() {
+            issues.extend(problems);
+        }
+        // The classifier compiles the rules; its errors join the others.
+        let classifier = match RulesClassifier::new(rules) {
+            Ok(c) => Some(c),
+            Err(errors) => {
+                issues.extend(errors.iter().map(|e| match e {
+                    RulesError::Regex {
+                        category,
+                        pattern,
+                        source_text,
+                        source,
+                        ..
+                    } => ConfigIssue {
+                        field: format!("categories[{category}].patterns[{pattern}]"),
+                        problem: format!("invalid regex {source_text:?}: {source}"),
+                    },
+                    other => ConfigIssue {
+                        field: "categories".to_owned(),
+                        problem: other.to_string(),
+                    },
+                }));
+                None
+            }
+        };
+        let Some(classifier) = classifier.filter(|_| issues.is_empty()) else {
+            return Err(ConfigError::Invalid(issues));
+        };
+        Ok(RoutingTable {
+            settings: settings.clone(),
+            auto_models: config.auto_models.clone(),
+            default_model: config.default_model.clone(),
+            unknown_model: config.unknown_model,
+            text_policy: TextPolicy {
+                include_instructions: config.classification.include_instructions,
+            },
+            models: config.models.iter().map(|m| m.name.clone()).collect(),
+            model_clusters,
+            cluster_models,
+            pinned_clusters: config
+                .clusters
+                .iter()
+                .filter(|c| c.pin_host)
+                .map(|c| c.name.clone())
+                .collect(),
+            classifier,
+            category_models: config.categories.iter().map(|c| c.model.clone()).collect(),
+        })
+    }
+
+    /// The startup settings this table runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Whether `model` asks the router to choose.
+    pub fn is_auto(&self, model: &str) -> bool {
+        self.auto_models.iter().any(|m| m == model)
+    }
+
+    /// The model names that ask the router to choose, in config order.
+    pub fn auto_models(&self) -> &[String] {
+        &self.auto_models
+    }
+
+    /// The model for automatic requests that match no category and for pass-through traffic.
+    pub fn default_model(&self) -> &str {
+        &self.default_model
+    }
+
+    /// Every configured model, in config order.
+    pub fn models(&self) -> &[String] {
+        &self.models
+    }
+
+    /// Whether some cluster serves `model`.
+    pub fn serves(&self, model: &str) -> bool {
+        self.model_clusters.contains_key(model)
+    }
+
+    /// Clusters serving `model` as hashing candidates (empty for an unknown model).
+    pub fn candidates_for(&self, model: &str) -> Vec<Candidate<'_>> {
+        self.model_clusters
+            .get(model)
+            .map(|cs| {
+                cs.iter()
+                    .map(|(name, weight)| Candidate {
+                        name,
+                        weight: *weight,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every cluster, each once with weight 1, in name order: the candidates for ids whose
+    /// model is unknown (`GET /v1/responses/{id}`).
+    pub fn all_candidates(&self) -> Vec<Candidate<'_>> {
+        self.cluster_models
+            .keys()
+            .map(|name| Candidate { name, weight: 1 })
+            .collect()
+    }
+
+    /// Models served by `cluster`, in config order (empty if the cluster is unknown).
+    pub fn models_of(&self, cluster: &str) -> &[String] {
+        self.cluster_models
+            .get(cluster)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// The compiled classifier.
+    pub fn classifier(&self) -> &RulesClassifier {
+        &self.classifier
+    }
+
+    /// The model each category routes to, by category index.
+    pub fn category_model(&self, index: usize) -> Option<&str> {
+        self.category_models.get(index).map(String::as_str)
+    }
+
+    /// The category names, in priority order.
+    pub fn category_names(&self) -> impl Iterator<Item = &str> {
+        self.classifier.categories().iter().map(|c| c.name.as_str())
+    }
+
+    /// Which text is classified.
+    pub fn text_policy(&self) -> TextPolicy {
+        self.text_policy
+    }
+
+    /// What to do with an unknown explicit model.
+    pub fn unknown_model(&self) -> UnknownModelPolicy {
+        self.unknown_model
+    }
+
+    /// Whether requests pinned to `cluster` are pinned to their host as well.
+    pub fn pins_hosts(&self, cluster: &str) -> bool {
+        self.pinned_clusters.contains(cluster)
+    }
+
+    /// The largest body the router accepts (a startup setting).
+    pub fn max_body_bytes(&self) -> usize {
+        self.settings.max_body_bytes
+    }
+
+    /// Whether responses teach the router where their ids live (a startup setting).
+    pub fn learns(&self) -> bool {
+        self.settings.affinity.learn
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{ConfigError, from_yaml};
+
+    const GOOD: &str = r#"
+default_model: general
+models:
+  - name: general
+    clusters: [{ name: c-general }, { name: c-shared, weight: 3 }]
+  - name: coder
+    clusters: [{ name: c-code }, { name: c-shared }]
+categories:
+  - name: coding
+    model: coder
+    keywords: [python]
+    patterns: ['```']
+"#;
+
+    fn issues(yaml: &str) -> Vec<String> {
+        match from_yaml(yaml) {
+            Err(ConfigError::Invalid(issues)) => issues.iter().map(|i| i.to_string()).collect(),
+            Err(e) => vec![format!("read error: {e}")],
+            Ok(_) => vec![],
+        }
+    }
+
+    #[test]
+    fn good_config_compiles_with_defaults() {
+        let t = from_yaml(GOOD).unwrap().table;
+        assert!(t.is_auto("auto"));
+        assert_eq!(t.max_body_bytes(), 10 * 1024 * 1024);
+        assert_eq!(t.models_of("c-shared"), ["general", "coder"]);
+        assert_eq!(t.candidates_for("general").len(), 2);
+        assert_eq!(t.candidates_for("general")[1].weight, 3);
+        let all: Vec<&str> = t.all_candidates().iter().map(|c| c.name).collect();
+        assert_eq!(all, ["c-code", "c-general", "c-shared"]);
+        assert_eq!(t.category_model(0), Some("coder"));
+    }
+
+    #[test]
+    fn every_problem_is_named_with_its_field() {
+        let yaml = r#"
+default_model: missing
+auto_models: [auto, general]
+models:
+  - name: general
+    clusters: [{ name: a, weight: 0 }, { name: a }]
+  - name: general
+    clusters: []
+  - name: empty
+    clusters: []
+clusters:
+  - name: lonely
+affinity:
+  capacity: 0
+  redis_url: "http://not-redis"
+categories:
+  - name: c1
+    model: nope
+    keywords: [x]
+  - name: c1
+    model: general
+    patterns: ['(unclosed']
+  - name: c3
+    model: general
+"#;
+        let found = issues(yaml);
+        for expected in [
+            "models[0].name: `general` is also listed in auto_models",
+            "models[0].clusters[0].weight: must be at least 1",
+            "models[0].clusters[1].name: duplicate cluster `a`",
+            "models[1].name: duplicate model `general`",
+            "models[2].clusters: model `empty` has no cluster",
+            "clusters[0].name: cluster `lonely` serves no model",
+            "default_model: unknown model `missing`",
+            "categories[0].model: unknown model `nope`",
+            "categories[1].name: duplicate category `c1`",
+            "categories[1].patterns[0]: invalid regex \"(unclosed\"",
+            "categories[2]: needs at least one keyword or pattern",
+            "affinity.capacity: must be greater than 0",
+            "affinity.redis_url: not a usable Redis URL",
+        ] {
+            assert!(
+                found.iter().any(|f| f.starts_with(expected)),
+                "missing {expected:?} in {found:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_are_read_errors() {
+        let with_typo = format!("{GOOD}\nunknown_modle: reject\n");
+        assert!(
+            issues(&with_typo)[0].contains("unknown field"),
+            "{:?}",
+            issues(&with_typo)
+        );
+        let bad_policy = format!("{GOOD}\nunknown_model: maybe\n");
+        assert!(issues(&bad_policy)[0].starts_with("read error"));
+    }
+}

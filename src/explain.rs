@@ -1,0 +1,81 @@
+//! `responses-router explain`: the decision for one request, as JSON, through the same core path
+//! the service runs (with no store: a continuation is placed as a router that has not learned its
+//! id would place it).
+
+use responses_router_core::config::RoutingTable;
+use responses_router_core::openai::{ApiError, RequestKind, StateRef};
+use responses_router_core::routing::{self, Decision, Explanation};
+use serde::Serialize;
+
+/// The explain output, field by field in the order printed.
+#[derive(Serialize)]
+struct Printed<'a> {
+    kind: &'static str,
+    model: Option<&'a str>,
+    cluster: &'a str,
+    host: Option<&'a str>,
+    reason: &'static str,
+    category: Option<&'a str>,
+    classified_model: Option<&'a str>,
+    state: Option<&'a StateRef>,
+    affinity: Option<&'static str>,
+    learn_from_stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+    scores: Vec<PrintedScore<'a>>,
+}
+
+#[derive(Serialize)]
+struct PrintedScore<'a> {
+    category: &'a str,
+    score: u32,
+}
+
+/// The decision for `method path` with `body`, or the error a client would get.
+pub fn explain(
+    table: &RoutingTable,
+    method: &str,
+    path: &str,
+    request_id: &str,
+    body: Option<&[u8]>,
+) -> Result<(Decision, Explanation), ApiError> {
+    let kind = RequestKind::from_request(method, path, false);
+    let prepared = routing::prepare(table, &kind, request_id, body)?;
+    routing::explain(table, &prepared, None)
+}
+
+/// The decision as pretty JSON.
+pub fn to_json(decision: &Decision, explanation: &Explanation) -> String {
+    let printed = Printed {
+        kind: decision.kind.name(),
+        model: decision.model(),
+        cluster: &decision.target.cluster,
+        host: decision.target.host.as_deref(),
+        reason: decision.reason().as_str(),
+        category: decision.category(),
+        classified_model: decision.classified_model(),
+        state: decision.state(),
+        affinity: decision.affinity().map(|a| a.as_str()),
+        learn_from_stream: decision.learns() == Some(routing::Expect::Stream),
+        text: explanation.text.as_deref(),
+        scores: explanation
+            .scores
+            .iter()
+            .map(|s| PrintedScore {
+                category: &s.category,
+                score: s.score,
+            })
+            .collect(),
+    };
+    // Serializing strings and numbers cannot fail.
+    serde_json::to_string_pretty(&printed).unwrap_or_default()
+}
+
+/// An error as the client would receive it: status line, then the JSON body.
+pub fn error_text(error: &ApiError) -> String {
+    format!(
+        "HTTP {}\n{}",
+        error.status,
+        String::from_utf8_lossy(&error.to_json())
+    )
+}

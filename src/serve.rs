@@ -1,0 +1,171 @@
+//! `serve` as a library function: load the routing YAML, build the affinity store, open the
+//! listeners and the admin port, start hot reload, and serve ext_proc until `shutdown` completes;
+//! streams in flight then get the drain time to finish.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use responses_router_core::affinity::{MemoryStore, NoStore};
+use responses_router_core::config::{AffinityConfig, ConfigError};
+
+use crate::extproc::{self, RouterService, service::Listeners};
+use crate::reload::{Reloader, SharedTable};
+use crate::store::{RedisStore, Store};
+use crate::telemetry::{self, Metrics};
+
+/// What `serve` needs besides the routing YAML's own settings.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The routing YAML.
+    pub config: PathBuf,
+    /// TCP address for gRPC; `None` serves only on `uds`.
+    pub listen: Option<SocketAddr>,
+    /// Unix socket for gRPC (a sidecar sharing a volume with Envoy).
+    pub uds: Option<PathBuf>,
+    /// Address of the admin HTTP port (/metrics, /healthz, /readyz); `None` disables it.
+    pub admin_listen: Option<String>,
+    /// How often the routing YAML is checked for changes; `None`: reload on SIGHUP only.
+    pub config_poll: Option<Duration>,
+    /// Answer /readyz with 503 while a shared store is unreachable.
+    pub ready_requires_store: bool,
+    /// How long streams in flight may run on after `shutdown`.
+    pub drain: Duration,
+}
+
+/// Why `serve` could not run (or stopped).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The routing YAML is unreadable or invalid.
+    #[error("{path}: {source}")]
+    Config {
+        path: PathBuf,
+        #[source]
+        source: ConfigError,
+    },
+    /// The options cannot work together.
+    #[error("{0}")]
+    Usage(String),
+    /// A listener could not be opened.
+    #[error("cannot listen on {what}: {source}")]
+    Bind {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("server failed: {0}")]
+    Server(#[from] tonic::transport::Error),
+}
+
+/// Serves until `shutdown` completes and streams in flight have finished (or the drain time has
+/// run out).
+pub async fn serve(
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let compiled = crate::config::load(&options.config).map_err(|source| ServeError::Config {
+        path: options.config.clone(),
+        source,
+    })?;
+    let tcp = match options.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    what: addr.to_string(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let uds = match &options.uds {
+        Some(path) => Some(
+            Listeners::bind_uds(path).map_err(|source| ServeError::Bind {
+                what: path.display().to_string(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    if tcp.is_none() && uds.is_none() {
+        return Err(ServeError::Usage(
+            "nothing to listen on: give --listen ADDR or --uds PATH".to_owned(),
+        ));
+    }
+    let table = compiled.table;
+    tracing::info!(
+        listen = ?options.listen,
+        uds = ?options.uds,
+        models = table.models().len(),
+        categories = table.category_names().count(),
+        "responses-router serving ext_proc"
+    );
+    let affinity = &compiled.settings.affinity;
+    let store = build_store(affinity)?;
+    tracing::info!(
+        learn = affinity.learn,
+        shared = affinity.redis_url.is_some(),
+        "affinity store ready"
+    );
+    let metrics = Arc::new(Metrics::default());
+    if let Some(admin_listen) = &options.admin_listen {
+        let listener = tokio::net::TcpListener::bind(admin_listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                what: format!("{admin_listen} (--admin-listen)"),
+                source,
+            })?;
+        let admin = telemetry::admin::router(
+            Arc::clone(&metrics),
+            Arc::clone(&store),
+            options.ready_requires_store,
+        );
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, admin).await {
+                tracing::error!("admin server failed: {e}");
+            }
+        });
+    }
+    let shared = SharedTable::new(table);
+    let reloader = Reloader::new(&options.config, shared.clone(), Arc::clone(&metrics));
+    tokio::spawn(reloader.run(options.config_poll));
+    let service = RouterService::new(shared, store, metrics);
+    let (signalled_tx, mut signalled) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new streams, finishing those in flight");
+        let _ = signalled_tx.send(true);
+    };
+    // Streams in flight get `drain` to finish after the signal; then serving stops regardless.
+    let drain = options.drain;
+    let deadline = async {
+        let _ = signalled.wait_for(|s| *s).await;
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        result = extproc::serve(service, Listeners { tcp, uds }, shutdown) => {
+            result?;
+            tracing::info!("stopped");
+        }
+        () = deadline => tracing::warn!("streams still open after {drain:?}; exiting"),
+    }
+    Ok(())
+}
+
+/// The affinity store the settings ask for: none (learning off), memory, or memory + Redis.
+fn build_store(affinity: &AffinityConfig) -> Result<Arc<dyn Store>, ServeError> {
+    let ttl = Duration::from_secs(affinity.ttl_seconds);
+    Ok(match (affinity.learn, &affinity.redis_url) {
+        (false, _) => Arc::new(NoStore),
+        (true, None) => Arc::new(MemoryStore::new(affinity.capacity, ttl)),
+        (true, Some(url)) => {
+            let local = MemoryStore::new(affinity.capacity, ttl);
+            let store = RedisStore::new(url, &affinity.redis_key_prefix, local, ttl)
+                .map_err(|e| ServeError::Usage(format!("affinity.redis_url: {e}")))?;
+            Arc::new(store)
+        }
+    })
+}
