@@ -62,11 +62,18 @@ impl RouterAdmin for AdminApi {
             let pinned = store::pinned(self.store.as_ref(), &prepared).await;
             routing::explain(&table, &prepared, pinned.as_ref())
         };
-        let outcome = match explained.await {
-            Ok((decision, explanation)) => pb::explain_response::Outcome::Decision(
-                decision_message(decision, explanation, generation),
-            ),
-            Err(e) => pb::explain_response::Outcome::Refusal(refusal_message(e)),
+        let outcome = match routing::answer_locally(&table, &kind) {
+            Some(Ok(reply)) => pb::explain_response::Outcome::Answer(pb::Answer {
+                status: 200,
+                body: reply.body,
+            }),
+            Some(Err(e)) => pb::explain_response::Outcome::Refusal(refusal_message(e)),
+            None => match explained.await {
+                Ok((decision, explanation)) => pb::explain_response::Outcome::Decision(
+                    decision_message(decision, explanation, generation),
+                ),
+                Err(e) => pb::explain_response::Outcome::Refusal(refusal_message(e)),
+            },
         };
         Ok(Response::new(pb::ExplainResponse {
             outcome: Some(outcome),

@@ -31,6 +31,14 @@ struct PrintedScore<'a> {
     score: u32,
 }
 
+/// What the router would do with one request.
+pub enum Explained {
+    /// Route it so (boxed: a decision is much larger than an answer).
+    Routed(Box<(Decision, Explanation)>),
+    /// Answer it itself with this JSON (the model list).
+    Answered(Vec<u8>),
+}
+
 /// The decision for `method path` with `body`, or the error a client would get.
 pub fn explain(
     table: &RoutingTable,
@@ -38,10 +46,14 @@ pub fn explain(
     path: &str,
     request_id: &str,
     body: Option<&[u8]>,
-) -> Result<(Decision, Explanation), ApiError> {
+) -> Result<Explained, ApiError> {
     let kind = RequestKind::from_request(method, path, false);
+    if let Some(answer) = routing::answer_locally(table, &kind) {
+        return answer.map(|reply| Explained::Answered(reply.body));
+    }
     let prepared = routing::prepare(table, &kind, request_id, body)?;
-    routing::explain(table, &prepared, None)
+    let (decision, explanation) = routing::explain(table, &prepared, None)?;
+    Ok(Explained::Routed(Box::new((decision, explanation))))
 }
 
 /// The decision as pretty JSON.

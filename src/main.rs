@@ -181,11 +181,11 @@ fn run(command: Command) -> Result<(), Failure> {
                 .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
             let table = &compiled.table;
             println!(
-                "{}: ok ({} models, {} clusters, {} categories)",
+                "{}: ok ({}, {}, {})",
                 path.display(),
-                table.models().len(),
-                table.all_candidates().len(),
-                table.category_names().count()
+                count(table.models().len(), "model", "models"),
+                count(table.all_candidates().len(), "cluster", "clusters"),
+                count(table.category_names().count(), "category", "categories")
             );
             Ok(())
         }
@@ -218,8 +218,14 @@ fn run(command: Command) -> Result<(), Failure> {
                 &request_id,
                 body.as_deref(),
             ) {
-                Ok((decision, explanation)) => {
+                Ok(explain::Explained::Routed(routed)) => {
+                    let (decision, explanation) = *routed;
                     println!("{}", explain::to_json(&decision, &explanation));
+                    Ok(())
+                }
+                Ok(explain::Explained::Answered(body)) => {
+                    println!("HTTP 200 (answered by the router)");
+                    println!("{}", String::from_utf8_lossy(&body));
                     Ok(())
                 }
                 Err(error) => {
@@ -229,6 +235,11 @@ fn run(command: Command) -> Result<(), Failure> {
             }
         }
     }
+}
+
+/// `1 model`, `3 models`.
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn init_logging(format: LogFormat) {

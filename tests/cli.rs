@@ -37,6 +37,25 @@ fn validate_accepts_the_shipped_config() {
 }
 
 #[test]
+fn validate_counts_in_the_singular_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("one.yaml");
+    std::fs::write(
+        &path,
+        "default_model: m\nmodels: [{ name: m, clusters: [{ name: c }] }]\n\
+         categories: [{ name: k, model: m, keywords: [x] }]\n",
+    )
+    .unwrap();
+    let out = router(&["validate", "--config", path.to_str().unwrap()], b"");
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ok (1 model, 1 cluster, 1 category)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
 fn validate_names_every_problem_and_fails() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");

@@ -276,7 +276,7 @@ async fn pass_through_requests_get_the_default_cluster_and_lose_client_routing_h
     let reply = s
         .send(headers(
             "GET",
-            "/v1/models",
+            "/v1/files",
             &[
                 ("x-router-cluster", "code"),
                 ("x-gateway-destination-endpoint", "10.0.0.1:80"),
@@ -365,7 +365,7 @@ async fn compressed_bodies_on_routed_endpoints_are_415_on_headers() {
     let reply = s
         .send(headers(
             "GET",
-            "/v1/models",
+            "/v1/files",
             &[("content-encoding", "gzip")],
             true,
         ))
@@ -381,7 +381,7 @@ async fn compressed_bodies_on_routed_endpoints_are_415_on_headers() {
 async fn response_phases_and_trailers_get_matching_replies() {
     let mut router = start().await;
     let mut s = Stream::open(&mut router.client).await;
-    s.send(headers("GET", "/v1/models", &[], true))
+    s.send(headers("GET", "/v1/files", &[], true))
         .await
         .unwrap();
     let reply = s
@@ -427,21 +427,17 @@ async fn protocol_violations_end_the_stream_without_a_guess() {
     let err = s.send(body(b"{}", true)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let mut s = Stream::open(&mut router.client).await;
-    s.send(headers("GET", "/v1/models", &[], true))
+    s.send(headers("GET", "/v1/files", &[], true))
         .await
         .unwrap();
     assert!(
-        s.send(headers("GET", "/v1/models", &[], true))
+        s.send(headers("GET", "/v1/files", &[], true))
             .await
             .is_err()
     );
     // The server is still healthy for the next stream.
     let mut s = Stream::open(&mut router.client).await;
-    assert!(
-        s.send(headers("GET", "/v1/models", &[], true))
-            .await
-            .is_ok()
-    );
+    assert!(s.send(headers("GET", "/v1/files", &[], true)).await.is_ok());
 }
 
 #[tokio::test]
@@ -655,6 +651,115 @@ async fn an_unreadable_message_ends_the_stream_with_an_error_not_ok() {
     let huge = vec![b' '; (1 << 20) + 2 * 4096 + 1024];
     let err = s.send(body(&huge, true)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
+}
+
+#[tokio::test]
+async fn the_model_list_is_answered_by_the_router_from_its_config() {
+    let mut router = start().await;
+    let mut s = Stream::open(&mut router.client).await;
+    let reply = s
+        .send(headers("GET", "/v1/models", &[], true))
+        .await
+        .unwrap();
+    let answer = immediate(&reply);
+    assert_eq!(answer.status.as_ref().unwrap().code, 200);
+    let list: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["auto", "general-model", "code-model"]);
+    assert!(
+        router
+            .metrics
+            .encode()
+            .contains(r#"responses_router_answered_total{gen_ai_operation_name="models.list"} 1"#)
+    );
+    let mut s = Stream::open(&mut router.client).await;
+    let reply = s
+        .send(headers("GET", "/v1/models/gpt-9", &[], true))
+        .await
+        .unwrap();
+    assert_eq!(immediate(&reply).status.as_ref().unwrap().code, 404);
+    assert_eq!(
+        json_error(immediate(&reply))["error"]["code"],
+        "model_not_found"
+    );
+}
+
+#[tokio::test]
+async fn exposing_the_decision_adds_it_to_every_response_but_never_a_host() {
+    let yaml = format!("{ROUTING_YAML}\nexpose_decision: true\n");
+    let mut router = start_with(&yaml, store_with_resp_p_on_a_code_host()).await;
+    // A chat request (which the router would not watch otherwise) asks for its response headers.
+    let mut s = Stream::open(&mut router.client).await;
+    let reply = s
+        .send(headers("POST", "/v1/chat/completions", &[], false))
+        .await
+        .unwrap();
+    let mode = reply.mode_override.as_ref().expect("a mode override");
+    assert_eq!(
+        mode.response_header_mode, 1,
+        "response headers are sent (SEND)"
+    );
+    s.send(body(
+        br#"{"model":"auto","messages":[{"role":"user","content":"debug my python"}]}"#,
+        true,
+    ))
+    .await
+    .unwrap();
+    let reply = s
+        .send(response_headers("200", "application/json"))
+        .await
+        .unwrap();
+    let common = response_headers_common(&reply);
+    assert_eq!(
+        set_header(common, "x-router-model").as_deref(),
+        Some("code-model")
+    );
+    assert_eq!(
+        set_header(common, "x-router-reason").as_deref(),
+        Some("category")
+    );
+    assert_eq!(
+        set_header(common, "x-router-category").as_deref(),
+        Some("coding")
+    );
+    // A continuation pinned to a host: the client learns the decision, not the host.
+    let mut s = Stream::open(&mut router.client).await;
+    s.send(headers("GET", "/v1/responses/resp_p", &[], true))
+        .await
+        .unwrap();
+    let reply = s
+        .send(response_headers("200", "application/json"))
+        .await
+        .unwrap();
+    let shown = set_headers(response_headers_common(&reply));
+    assert!(
+        shown
+            .iter()
+            .all(|(_, v)| !v.contains("127.0.0.1") && !v.contains("MTI3")),
+        "{shown:?}"
+    );
+    assert_eq!(
+        set_header(response_headers_common(&reply), "x-router-reason").as_deref(),
+        Some("affinity")
+    );
+}
+
+/// A memory store knowing `resp_p` on a host of ROUTING_YAML's pinning `code` cluster.
+fn store_with_resp_p_on_a_code_host() -> Arc<responses_router_core::affinity::MemoryStore> {
+    let store = memory_store();
+    store.put(
+        "resp_p",
+        &Location {
+            cluster: "code".into(),
+            host: Some("127.0.0.1:9101".into()),
+        },
+    );
+    store
 }
 
 fn response_headers(status: &str, content_type: &str) -> Request {

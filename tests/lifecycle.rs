@@ -299,7 +299,7 @@ async fn metrics_pass_promtool_and_logs_carry_the_request_id() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("promtool on PATH (scripts/test installs Debian's prometheus package)");
+        .expect("promtool on PATH (scripts/test puts .cache/promtool/usr/bin there)");
     promtool
         .stdin
         .take()

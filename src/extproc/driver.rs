@@ -68,6 +68,8 @@ pub enum OnRequestHeaders {
     NeedBody { watch: Watch },
     /// Answer with this error; nothing reaches an upstream.
     Refuse(ApiError),
+    /// Answer with a 200 and this JSON body (the router answers the request itself).
+    Respond { body: Vec<u8> },
     /// Acknowledge without changes and keep the stream (an observer that wants the response).
     Continue,
     /// Nothing on this stream concerns the router (an observer closes it).
@@ -86,13 +88,31 @@ pub enum OnRequestBody {
     Refuse(ApiError),
 }
 
-/// What to do after the response headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnResponseHeaders {
-    /// Read the response body, sent in this mode.
-    Read(BodyMode),
-    /// Nothing more to learn from this response.
-    Done,
+/// What to do with the response headers: change them, then read the body or be done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnResponseHeaders {
+    /// Response headers to set or remove (nothing in observability mode, which cannot change).
+    pub headers: HeaderChanges,
+    /// Read the response body, sent in this mode; `None`: nothing more to learn from it.
+    pub body: Option<BodyMode>,
+}
+
+impl OnResponseHeaders {
+    /// Leave the headers and read the body in `mode`.
+    pub fn read(mode: BodyMode) -> Self {
+        OnResponseHeaders {
+            headers: HeaderChanges::default(),
+            body: Some(mode),
+        }
+    }
+
+    /// Leave the headers; nothing more to learn from this response.
+    pub fn done() -> Self {
+        OnResponseHeaders {
+            headers: HeaderChanges::default(),
+            body: None,
+        }
+    }
 }
 
 /// What to do after a response body chunk.
@@ -265,12 +285,14 @@ impl<H: Hooks> Driver<H> {
                     end_of_stream: h.end_of_stream,
                 };
                 let action = self.hooks.on_response_headers(&headers).await;
-                self.response_done = action == OnResponseHeaders::Done;
-                match action {
-                    OnResponseHeaders::Read(mode) => Outcome::Reply(Box::new(
-                        msg::response_headers_reply(Some(response_mode(mode))),
-                    )),
-                    OnResponseHeaders::Done => self.done(msg::response_headers_reply(None)),
+                self.response_done = action.body.is_none();
+                let common = msg::common(mutation(&action.headers), None, false);
+                match action.body {
+                    Some(mode) => Outcome::Reply(Box::new(msg::response_headers_reply(
+                        common,
+                        Some(response_mode(mode)),
+                    ))),
+                    None => self.done(msg::response_headers_reply(common, None)),
                 }
             }
             Some(Request::ResponseBody(b)) => {
@@ -333,6 +355,10 @@ impl<H: Hooks> Driver<H> {
                 )
             }
             OnRequestHeaders::Refuse(error) => self.refuse(&error),
+            OnRequestHeaders::Respond { body } => {
+                self.request = RequestSide::Finished;
+                msg::json_reply(200, body)
+            }
             OnRequestHeaders::Continue => msg::request_headers_reply(Default::default(), None),
             OnRequestHeaders::Done => {
                 return Ok(self.done(msg::request_headers_reply(Default::default(), None)));
@@ -512,8 +538,13 @@ mod tests {
         }
 
         async fn on_response_headers(&mut self, _: &Headers<'_>) -> OnResponseHeaders {
-            self.read_response
-                .map_or(OnResponseHeaders::Done, OnResponseHeaders::Read)
+            OnResponseHeaders {
+                headers: HeaderChanges {
+                    set: vec![("x-router-model", "m".into())],
+                    remove: vec![],
+                },
+                body: self.read_response,
+            }
         }
 
         async fn on_response_body(&mut self, _: &[u8], end: bool) -> OnResponseBody {
@@ -701,9 +732,14 @@ mod tests {
         reply(d.handle(request_headers(true)).await);
         let r = reply(d.handle(response_headers()).await);
         assert_eq!(
-            r.mode_override.unwrap().response_body_mode,
+            r.mode_override.as_ref().unwrap().response_body_mode,
             BodySendMode::Buffered as i32
         );
+        let Some(Response::ResponseHeaders(h)) = r.response else {
+            panic!("not a response-headers reply")
+        };
+        let set = h.response.unwrap().header_mutation.unwrap().set_headers;
+        assert_eq!(set[0].header.as_ref().unwrap().key, "x-router-model");
         let r = reply(d.handle(response_body(true)).await);
         assert!(matches!(r.response, Some(Response::ResponseBody(_))));
         assert_eq!(d.hooks().response_chunks, 1);

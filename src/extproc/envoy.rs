@@ -102,10 +102,16 @@ pub fn request_trailers_reply() -> ProcessingResponse {
     }
 }
 
-/// Reply to a response-headers message, optionally changing how the response body is sent.
-pub fn response_headers_reply(mode: Option<ProcessingMode>) -> ProcessingResponse {
+/// Reply to a response-headers message, with header changes, optionally changing how the
+/// response body is sent.
+pub fn response_headers_reply(
+    response: CommonResponse,
+    mode: Option<ProcessingMode>,
+) -> ProcessingResponse {
     ProcessingResponse {
-        response: Some(Response::ResponseHeaders(HeadersResponse::default())),
+        response: Some(Response::ResponseHeaders(HeadersResponse {
+            response: Some(response),
+        })),
         mode_override: mode,
         ..Default::default()
     }
@@ -129,20 +135,44 @@ pub fn response_trailers_reply() -> ProcessingResponse {
 
 /// Ends the request with an OpenAI-style error; nothing reaches an upstream.
 pub fn error_reply(error: &ApiError) -> ProcessingResponse {
+    immediate(
+        error.status,
+        vec![
+            set_header("content-type", "application/json"),
+            set_header("x-router-error", error.code),
+        ],
+        error.to_json(),
+        format!("responses_router_{}", error.code),
+    )
+}
+
+/// Answers the request with `status` and a JSON body the router made; nothing reaches an upstream.
+pub fn json_reply(status: u16, body: Vec<u8>) -> ProcessingResponse {
+    immediate(
+        status,
+        vec![set_header("content-type", "application/json")],
+        body,
+        "responses_router_answered".to_owned(),
+    )
+}
+
+fn immediate(
+    status: u16,
+    headers: Vec<HeaderValueOption>,
+    body: Vec<u8>,
+    details: String,
+) -> ProcessingResponse {
     ProcessingResponse {
         response: Some(Response::ImmediateResponse(ImmediateResponse {
             status: Some(HttpStatus {
-                code: i32::from(error.status),
+                code: i32::from(status),
             }),
             headers: Some(HeaderMutation {
-                set_headers: vec![
-                    set_header("content-type", "application/json"),
-                    set_header("x-router-error", error.code),
-                ],
+                set_headers: headers,
                 ..Default::default()
             }),
-            body: error.to_json(),
-            details: format!("responses_router_{}", error.code),
+            body,
+            details,
             ..Default::default()
         })),
         ..Default::default()

@@ -86,12 +86,12 @@ impl Hooks for ObserverHooks {
                 false,
             );
             if !kind.creates_state() {
-                return OnResponseHeaders::Done;
+                return OnResponseHeaders::done();
             }
             self.request_id = headers.attribute("request.id").unwrap_or_default();
         }
         if headers.end_of_stream {
-            return OnResponseHeaders::Done;
+            return OnResponseHeaders::done();
         }
         // JSON answers are the routing stream's; the observer only watches streams.
         let Some(Format::EventStream) = Format::of_response(
@@ -99,20 +99,20 @@ impl Hooks for ObserverHooks {
             headers.get("content-type"),
             headers.get("content-encoding"),
         ) else {
-            return OnResponseHeaders::Done;
+            return OnResponseHeaders::done();
         };
         let Some(cluster) = headers
             .attribute("xds.cluster_name")
             .or_else(|| self.routed_cluster.clone())
         else {
-            return OnResponseHeaders::Done;
+            return OnResponseHeaders::done();
         };
         self.location = Some(Location {
             cluster,
             host: headers.attribute("upstream.address"),
         });
         self.capture = Some(IdCapture::new(Format::EventStream));
-        OnResponseHeaders::Read(BodyMode::Streamed)
+        OnResponseHeaders::read(BodyMode::Streamed)
     }
 
     async fn on_response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> OnResponseBody {

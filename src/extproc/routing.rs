@@ -46,11 +46,13 @@ enum Learning {
     /// Nothing (more) to watch.
     Off,
     /// Waiting for the response headers of a request routed to `routed_cluster`: to learn the id
-    /// it creates (`learn`), and to notice when it was served by another host than `pinned_host`.
+    /// it creates (`learn`), to tell the client the decision (`decision_headers`), and to notice
+    /// when it was served by another host than `pinned_host`.
     AwaitingResponse {
         routed_cluster: String,
         pinned_host: Option<String>,
         learn: bool,
+        decision_headers: HeaderChanges,
     },
     /// A 2xx JSON response from `location`: its buffered body holds the id.
     Capturing {
@@ -104,11 +106,19 @@ impl RoutingHooks {
             "routed"
         );
         let watch = match decision.watch {
-            routing::Watch::Response { learn } => {
+            routing::Watch::Response {
+                learn,
+                decision_headers,
+            } => {
                 self.learning = Learning::AwaitingResponse {
                     routed_cluster: decision.target.cluster.clone(),
                     pinned_host: decision.target.host.clone(),
                     learn: learn.is_some(),
+                    decision_headers: if decision_headers {
+                        headers::response_headers(decision)
+                    } else {
+                        HeaderChanges::default()
+                    },
                 };
                 Watch::Response
             }
@@ -119,6 +129,44 @@ impl RoutingHooks {
         let observe = decision.learns() == Some(Expect::Stream);
         changes.set_or_remove(SKIP_OBSERVER_HEADER, (!observe).then(|| "1".to_owned()));
         (changes, watch)
+    }
+
+    /// What a response to a state-creating request lets the router learn: a 2xx JSON body is
+    /// read whole (Envoy holds it until the id is recorded); an SSE stream is left to the
+    /// observer filter, and announced to `pending` so continuations wait for it.
+    fn learn_from(
+        &mut self,
+        headers: &Headers<'_>,
+        routed_cluster: String,
+        served_by: Option<String>,
+    ) -> Option<BodyMode> {
+        match Format::of_response(
+            headers.get(":status"),
+            headers.get("content-type"),
+            headers.get("content-encoding"),
+        ) {
+            Some(Format::Json) => {
+                let location = Location {
+                    cluster: headers
+                        .attribute("xds.cluster_name")
+                        .unwrap_or(routed_cluster),
+                    host: served_by,
+                };
+                self.learning = Learning::Capturing {
+                    location,
+                    capture: IdCapture::new(Format::Json),
+                };
+                Some(BodyMode::Buffered)
+            }
+            Some(Format::EventStream) => {
+                if !self.request_id.is_empty() {
+                    // The observer learns this stream's id; until it has, continuations wait.
+                    self.pending.open(&self.request_id);
+                }
+                None
+            }
+            None => None,
+        }
     }
 }
 
@@ -144,6 +192,14 @@ impl Hooks for RoutingHooks {
             upgrade,
         );
         self.request_id = headers.get("x-request-id").unwrap_or_default().to_owned();
+        match routing::answer_locally(&self.table, &kind) {
+            Some(Ok(reply)) => {
+                self.metrics.answered(kind.name());
+                return OnRequestHeaders::Respond { body: reply.body };
+            }
+            Some(Err(error)) => return OnRequestHeaders::Refuse(error),
+            None => {}
+        }
         let head = RequestHead {
             content_encoding: headers.get("content-encoding"),
             content_length: headers
@@ -155,9 +211,8 @@ impl Hooks for RoutingHooks {
         }
         if kind.needs_body() && !headers.end_of_stream {
             self.declared_length = headers.get("content-length").is_some();
-            // Response headers are requested now or never: only kinds that create state can
-            // have their answer watched.
-            let watch = if routing::learns_from(&self.table, &kind) {
+            // Response headers are requested now or never, before the decision is known.
+            let watch = if routing::watches_response(&self.table, &kind) {
                 Watch::Response
             } else {
                 Watch::Nothing
@@ -193,16 +248,18 @@ impl Hooks for RoutingHooks {
         }
     }
 
-    /// A 2xx JSON response to a state-creating request: ask Envoy for its body (held until the
-    /// id is recorded). Anything else (errors, SSE, compressed bodies) passes untouched.
+    /// Adds the decision for the client when asked to; for a 2xx JSON response to a
+    /// state-creating request, asks Envoy for its body (held until the id is recorded). Anything
+    /// else (errors, SSE, compressed bodies) passes untouched.
     async fn on_response_headers(&mut self, headers: &Headers<'_>) -> OnResponseHeaders {
         let Learning::AwaitingResponse {
             routed_cluster,
             pinned_host,
             learn,
+            decision_headers,
         } = std::mem::replace(&mut self.learning, Learning::Off)
         else {
-            return OnResponseHeaders::Done;
+            return OnResponseHeaders::done();
         };
         let served_by = headers.attribute("upstream.address");
         if pinned_host.is_some() && served_by.is_some() && pinned_host != served_by {
@@ -210,38 +267,16 @@ impl Hooks for RoutingHooks {
             tracing::debug!(pinned = ?pinned_host, served = ?served_by, "pinned host not used");
             self.metrics.moved_host();
         }
-        if !learn || headers.end_of_stream {
-            return OnResponseHeaders::Done;
-        }
-        match Format::of_response(
-            headers.get(":status"),
-            headers.get("content-type"),
-            headers.get("content-encoding"),
-        ) {
-            Some(Format::Json) => {
-                let location = Location {
-                    cluster: headers
-                        .attribute("xds.cluster_name")
-                        .unwrap_or(routed_cluster),
-                    host: served_by,
-                };
-                self.learning = Learning::Capturing {
-                    location,
-                    capture: IdCapture::new(Format::Json),
-                };
-                OnResponseHeaders::Read(BodyMode::Buffered)
-            }
-            Some(Format::EventStream) => {
-                if !self.request_id.is_empty() {
-                    // The observer learns this stream's id; until it has, continuations wait.
-                    self.pending.open(&self.request_id);
-                }
-                OnResponseHeaders::Done
-            }
-            None => OnResponseHeaders::Done,
+        let body = if !learn || headers.end_of_stream {
+            None
+        } else {
+            self.learn_from(headers, routed_cluster, served_by)
+        };
+        OnResponseHeaders {
+            headers: decision_headers,
+            body,
         }
     }
-
     async fn on_response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> OnResponseBody {
         let Learning::Capturing { location, capture } = &mut self.learning else {
             return OnResponseBody::Done;

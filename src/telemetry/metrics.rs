@@ -25,6 +25,11 @@ pub struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    gen_ai_operation_name: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
     phase: &'static str,
 }
@@ -53,6 +58,7 @@ struct ResultLabels {
 pub struct Metrics {
     registry: Registry,
     decisions: Family<DecisionLabels, Counter>,
+    answered: Family<KindLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
     affinity: Family<OutcomeLabels, Counter>,
     learned: Family<SourceLabels, Counter>,
@@ -91,6 +97,12 @@ impl Default for Metrics {
             "decisions",
             "Requests routed, by request kind and decision reason",
             decisions.clone(),
+        );
+        let answered = Family::default();
+        registry.register(
+            "answered",
+            "Requests the router answered itself (the model list), by request kind",
+            answered.clone(),
         );
         let refusals = Family::default();
         registry.register(
@@ -160,6 +172,7 @@ impl Default for Metrics {
         Metrics {
             registry,
             decisions,
+            answered,
             refusals,
             affinity,
             learned,
@@ -178,6 +191,15 @@ impl Metrics {
     /// Counts a decision.
     pub fn decided(&self, labels: &DecisionLabels) {
         self.decisions.get_or_create(labels).inc();
+    }
+
+    /// Counts a request the router answered itself.
+    pub fn answered(&self, kind: &'static str) {
+        self.answered
+            .get_or_create(&KindLabels {
+                gen_ai_operation_name: kind,
+            })
+            .inc();
     }
 
     /// Counts a refused request.

@@ -216,6 +216,17 @@ pub fn headers_common(reply: &ProcessingResponse) -> &CommonResponse {
     }
 }
 
+/// The CommonResponse of a response-headers reply.
+pub fn response_headers_common(reply: &ProcessingResponse) -> &CommonResponse {
+    match &reply.response {
+        Some(Response::ResponseHeaders(h)) => h
+            .response
+            .as_ref()
+            .expect("response-headers reply has a CommonResponse"),
+        other => panic!("expected a response-headers reply, got {other:?}"),
+    }
+}
+
 /// The CommonResponse of a request-body reply.
 pub fn body_common(reply: &ProcessingResponse) -> &CommonResponse {
     match &reply.response {

@@ -46,6 +46,7 @@ class Stack:
     ports: dict[str, int]
     procs: dict[str, Proc] = field(default_factory=dict)
     router_admin_port: int = 0  # the router's /metrics and /healthz
+    router_bin: str = ""  # the router binary the stack runs
 
 
 def _router_binary() -> Path:
@@ -132,6 +133,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         admin_url=f"http://127.0.0.1:{ports['admin']}",
         sim_urls={name: f"http://127.0.0.1:{ports[key]}" for name, (key, _) in SIMULATORS.items()},
         ports=ports,
+        router_bin=str(binary),
     )
     try:
         # The deploy/routing.yaml holds no address or port, so the shipped file is used as is.

@@ -509,9 +509,10 @@ def test_escaped_slash_in_path_is_400_from_envoy(stack, path):
     ("path", "backend_path_status"),
     [
         # Envoy normalizes dot segments before anyone looks at the path: the router routes, and the
-        # backend serves, the same normalized path (here GET /v1/models on the default cluster).
-        (b"/v1/responses/../models", 200),
-        (b"/v1/responses/resp_1/../../models", 200),
+        # backend serves, the same normalized path (here GET /v1/files on the default cluster,
+        # which the simulator does not serve).
+        (b"/v1/responses/../files", 404),
+        (b"/v1/responses/resp_1/../../files", 404),
         # An id with a slash is just a longer path: not id-bearing, default cluster, backend 404.
         (b"/v1/responses/resp_1/extra/segments", 404),
         # Percent-escapes other than / and \ are not an id any backend minted: default cluster, 404.
@@ -587,9 +588,9 @@ SIM_CLUSTER = {"sim-general": ("general", "general-model", "general"), "sim-code
 
 @pytest.mark.parametrize("header", ["x-router-cluster", "X-Router-Cluster", "x-gateway-destination-endpoint",
                                     "x-selected-model", "x-router-session-host"])
-@pytest.mark.parametrize("path", ["/v1/responses/resp_unknown_id", "/v1/models"])
+@pytest.mark.parametrize("path", ["/v1/responses/resp_unknown_id", "/v1/files"])
 def test_client_routing_header_on_bodyless_requests_is_ignored(stack, raw, header, path):
-    # Where the request goes without the header (an unknown id is placed by hash; /v1/models goes
+    # Where the request goes without the header (an unknown id is placed by hash; /v1/files goes
     # to the default cluster), then the same request with a header naming another backend.
     plain = raw.get(path)
     home = plain.headers["x-simulator-instance"]

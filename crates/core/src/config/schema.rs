@@ -97,6 +97,10 @@ pub struct RoutingConfig {
     /// Which text is classified.
     #[serde(default)]
     pub classification: ClassificationConfig,
+    /// Tell clients the decision: responses carry `x-router-model`, `x-router-reason` and
+    /// `x-router-category` (never a host). Handy locally; off by default.
+    #[serde(default)]
+    pub expose_decision: bool,
     /// Models and the Envoy clusters that serve them.
     pub models: Vec<ModelConfig>,
     /// Optional per-cluster settings; a cluster listed here must serve some model.

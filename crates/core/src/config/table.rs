@@ -30,6 +30,7 @@ pub struct RoutingTable {
     default_model: String,
     unknown_model: UnknownModelPolicy,
     text_policy: TextPolicy,
+    expose_decision: bool,
     /// Model name -> clusters serving it, in config order, with weights.
     model_clusters: HashMap<String, Vec<(String, u32)>>,
     /// Model names in config order.
@@ -41,6 +42,8 @@ pub struct RoutingTable {
     classifier: RulesClassifier,
     /// The model each category routes to, in category order.
     category_models: Vec<String>,
+    /// Unix seconds at which the table was compiled (the `created` of the models it lists).
+    compiled_at: u64,
 }
 
 impl RoutingTable {
@@ -217,6 +220,7 @@ impl RoutingTable {
             auto_models: config.auto_models.clone(),
             default_model: config.default_model.clone(),
             unknown_model: config.unknown_model,
+            expose_decision: config.expose_decision,
             text_policy: TextPolicy {
                 include_instructions: config.classification.include_instructions,
             },
@@ -231,7 +235,15 @@ impl RoutingTable {
                 .collect(),
             classifier,
             category_models: config.categories.iter().map(|c| c.model.clone()).collect(),
+            compiled_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
         })
+    }
+
+    /// Unix seconds at which this table was compiled.
+    pub fn compiled_at(&self) -> u64 {
+        self.compiled_at
     }
 
     /// The startup settings this table runs with.
@@ -319,6 +331,11 @@ impl RoutingTable {
     /// What to do with an unknown explicit model.
     pub fn unknown_model(&self) -> UnknownModelPolicy {
         self.unknown_model
+    }
+
+    /// Whether responses tell the client the decision (`x-router-model`, ...).
+    pub fn exposes_decision(&self) -> bool {
+        self.expose_decision
     }
 
     /// Whether requests pinned to `cluster` are pinned to their host as well.

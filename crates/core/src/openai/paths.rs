@@ -22,9 +22,14 @@ pub enum RequestKind {
     CreateConversation,
     /// `/v1/conversations/{id}[/items[/{item_id}]]`: go where the conversation lives.
     ConversationById { id: String },
+    /// `GET /v1/models`: answered by the router from the routing config.
+    ListModels,
+    /// `GET /v1/models/{id}` (the id may contain `/`, as served model names often do): answered by
+    /// the router from the routing config.
+    RetrieveModel { id: String },
     /// `Upgrade: websocket` on `/v1/responses`: the frames are invisible to ext_proc, so it is refused.
     ResponsesWebSocket,
-    /// Anything else (e.g. `GET /v1/models`): routed to the default cluster, body untouched.
+    /// Anything else (e.g. `GET /v1/files`): routed to the default cluster, body untouched.
     Other,
 }
 
@@ -60,6 +65,15 @@ impl RequestKind {
             ("POST", ["responses", id, "cancel"]) => Self::by_id(id, ResponseOp::Cancel),
             ("GET", ["responses", id, "input_items"]) => Self::by_id(id, ResponseOp::InputItems),
             ("POST", ["conversations"]) => RequestKind::CreateConversation,
+            ("GET", ["models"]) if !websocket_upgrade => RequestKind::ListModels,
+            ("GET", ["models", id @ ..]) if !websocket_upgrade => {
+                let id = id.join("/");
+                if valid_id(&id) && !id.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+                    RequestKind::RetrieveModel { id }
+                } else {
+                    RequestKind::Other
+                }
+            }
             (_, ["conversations", id, ..]) if segments.len() <= 4 && valid_id(id) => {
                 RequestKind::ConversationById {
                     id: (*id).to_owned(),
@@ -131,6 +145,8 @@ impl RequestKind {
             },
             RequestKind::CreateConversation => "conversations.create",
             RequestKind::ConversationById { .. } => "conversations.by_id",
+            RequestKind::ListModels => "models.list",
+            RequestKind::RetrieveModel { .. } => "models.retrieve",
             RequestKind::ResponsesWebSocket => "responses.websocket",
             RequestKind::Other => "other",
         }
@@ -236,7 +252,11 @@ mod tests {
     #[test]
     fn everything_else_passes_through() {
         for (m, p) in [
-            ("GET", "/v1/models"),
+            ("POST", "/v1/models"),
+            ("DELETE", "/v1/models/ft:m"),
+            ("GET", "/v1/models/a//b"),
+            ("GET", "/v1/models/a/../b"),
+            ("GET", "/v1/files"),
             ("GET", "/v1/responses"),
             ("PUT", "/v1/responses/resp_1"),
             ("POST", "/v1/responses/resp_1"),
@@ -254,6 +274,25 @@ mod tests {
             assert_eq!(kind(m, p), RequestKind::Other, "{m} {p}");
             assert!(!kind(m, p).needs_body());
         }
+    }
+
+    #[test]
+    fn model_listing_and_retrieval_are_the_routers() {
+        assert_eq!(kind("GET", "/v1/models"), RequestKind::ListModels);
+        assert_eq!(kind("GET", "/v1/models/?x=1"), RequestKind::ListModels);
+        assert_eq!(
+            kind("GET", "/v1/models/code-model"),
+            RequestKind::RetrieveModel {
+                id: "code-model".into()
+            }
+        );
+        assert_eq!(
+            kind("GET", "/v1/models/meta-llama/Llama-3.1-8B-Instruct"),
+            RequestKind::RetrieveModel {
+                id: "meta-llama/Llama-3.1-8B-Instruct".into()
+            }
+        );
+        assert!(!kind("GET", "/v1/models").needs_body());
     }
 
     #[test]

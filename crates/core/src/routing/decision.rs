@@ -83,9 +83,13 @@ pub enum HashCause {
 pub enum Watch {
     /// Nothing on the response matters to routing.
     Nothing,
-    /// The response headers matter: to learn the id the response creates (`learn`), and to
+    /// The response headers matter: to learn the id the response creates (`learn`), to add the
+    /// decision for the client (`decision_headers`, see `headers::response_headers`), and to
     /// notice when a request pinned to a host was served by another one.
-    Response { learn: Option<Expect> },
+    Response {
+        learn: Option<Expect>,
+        decision_headers: bool,
+    },
 }
 
 /// How the id of a created response is expected to arrive.
@@ -200,7 +204,7 @@ impl Decision {
     /// The id the response will create must be learned, and how it is expected to arrive.
     pub fn learns(&self) -> Option<Expect> {
         match self.watch {
-            Watch::Response { learn } => learn,
+            Watch::Response { learn, .. } => learn,
             Watch::Nothing => None,
         }
     }

@@ -26,6 +26,13 @@ pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
 /// Envoy skips that filter (`ExtensionWithMatcher` in deploy/envoy.yaml).
 pub const SKIP_OBSERVER_HEADER: &str = "x-router-skip-observer";
 
+/// On responses, with `expose_decision`: the model the upstream saw.
+pub const RESPONSE_MODEL_HEADER: &str = "x-router-model";
+/// On responses, with `expose_decision`: why the route was chosen.
+pub const RESPONSE_REASON_HEADER: &str = "x-router-reason";
+/// On responses, with `expose_decision`: the winning category, if classification chose the model.
+pub const RESPONSE_CATEGORY_HEADER: &str = "x-router-category";
+
 /// Every header that can influence routing. A client may send any of them; the router removes
 /// them all on every request it sees before setting its own, so none can choose an upstream.
 pub const ROUTING_HEADERS: [&str; 8] = [
@@ -97,5 +104,22 @@ pub fn request_headers(decision: &Decision, declared_length: bool) -> HeaderChan
     if decision.kind.creates_state() {
         changes.set.push(("accept-encoding", "identity".to_owned()));
     }
+    changes
+}
+
+/// The response headers that tell the client the decision (`expose_decision`): the model, the
+/// reason and the category, each set or removed so an upstream's own value never passes for the
+/// router's. Never a host or an address.
+pub fn response_headers(decision: &Decision) -> HeaderChanges {
+    let mut changes = HeaderChanges::default();
+    changes.set_or_remove(RESPONSE_MODEL_HEADER, decision.model().map(str::to_owned));
+    changes.set_or_remove(
+        RESPONSE_REASON_HEADER,
+        Some(decision.reason().as_str().to_owned()),
+    );
+    changes.set_or_remove(
+        RESPONSE_CATEGORY_HEADER,
+        decision.category().map(str::to_owned),
+    );
     changes
 }

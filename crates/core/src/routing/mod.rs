@@ -2,7 +2,8 @@
 //!
 //! A front-end drives it in steps, so that it can do any I/O (a shared store) between them:
 //! 1. on the request headers, [`RequestKind::from_request`] says what the request is and whether
-//!    the route depends on the body, and [`check_head`] refuses what can be refused up front;
+//!    the route depends on the body, [`answer_locally`] answers what the router answers itself
+//!    (the model list), and [`check_head`] refuses what can be refused up front;
 //! 2. [`prepare`] reads the body (if the kind needs it) and names the state the request refers to
 //!    ([`Prepared::state`]);
 //! 3. the front-end asks its store where that state lives;
@@ -16,11 +17,14 @@
 
 mod decision;
 pub mod headers;
+mod models;
 
 pub use decision::{
     AffinityOutcome, CategoryScore, Decision, Expect, Explanation, HashCause, ModelChoice,
     ModelReason, Placement, Reason, Target, Watch,
 };
+
+pub use models::{LocalReply, answer_locally};
 
 use crate::affinity::{AffinityStore, Candidate, Location, rendezvous};
 use crate::classify::Classifier;
@@ -73,6 +77,12 @@ fn is_identity_encoding(value: &str) -> bool {
 /// The response to a request of `kind` must be watched to learn where its new state lives.
 pub fn learns_from(table: &RoutingTable, kind: &RequestKind) -> bool {
     kind.creates_state() && table.learns()
+}
+
+/// Whether the response headers of a request of `kind` will be wanted, as far as the headers
+/// can tell (a front-end that decides on the body must ask for them before it has decided).
+pub fn watches_response(table: &RoutingTable, kind: &RequestKind) -> bool {
+    learns_from(table, kind) || table.exposes_decision()
 }
 
 /// A request read and ready to decide: its kind, its parsed body and the state it names.
@@ -172,7 +182,9 @@ fn decide_inner(
                  use HTTP requests (with `stream: true` for streaming).",
             ));
         }
-        RequestKind::Other => {
+        // The model listing is answered by the front-end ([`answer_locally`]); a front-end that does
+        // not, passes it through like any other path.
+        RequestKind::Other | RequestKind::ListModels | RequestKind::RetrieveModel { .. } => {
             let candidates = table.candidates_for(table.default_model());
             let target = spread(&candidates, request.request_id)?;
             return Ok(build(
@@ -250,8 +262,12 @@ fn build(
 ) -> Decision {
     let learn =
         learns_from(table, kind).then_some(if stream { Expect::Stream } else { Expect::Json });
-    let watch = if learn.is_some() || target.host.is_some() {
-        Watch::Response { learn }
+    let decision_headers = table.exposes_decision();
+    let watch = if learn.is_some() || decision_headers || target.host.is_some() {
+        Watch::Response {
+            learn,
+            decision_headers,
+        }
     } else {
         Watch::Nothing
     };
@@ -714,7 +730,8 @@ categories:
         assert_eq!(
             d.watch,
             Watch::Response {
-                learn: Some(Expect::Json)
+                learn: Some(Expect::Json),
+                decision_headers: false
             }
         );
         let d = post(r#"{"model":"auto","input":"python","stream":true}"#);
@@ -734,9 +751,28 @@ categories:
         let get = run("GET", "/v1/responses/resp_1", "", Some(pinned)).unwrap();
         assert_eq!(
             get.watch,
-            Watch::Response { learn: None },
+            Watch::Response {
+                learn: None,
+                decision_headers: false
+            },
             "a request pinned to a host is watched for the host that served it"
         );
+        let exposing = from_yaml(&format!("{YAML}\nexpose_decision: true\n"))
+            .unwrap()
+            .table;
+        let kind = RequestKind::ChatCompletions;
+        let body = br#"{"model":"auto","messages":[{"role":"user","content":"hi"}]}"#;
+        let prepared = prepare(&exposing, &kind, "r", Some(body)).unwrap();
+        assert_eq!(
+            decide(&exposing, &prepared, None).unwrap().watch,
+            Watch::Response {
+                learn: None,
+                decision_headers: true
+            },
+            "exposing the decision watches every response"
+        );
+        assert!(watches_response(&exposing, &kind));
+        assert!(!watches_response(&table(), &kind));
     }
 
     #[test]
