@@ -101,6 +101,11 @@ impl IdCapture {
         }
     }
 
+    /// The body format this capture reads.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
     /// Feeds one body chunk; `end` marks the last one.
     pub fn feed(&mut self, chunk: &[u8], end: bool) -> Capture {
         if self.format == Format::EventStream {

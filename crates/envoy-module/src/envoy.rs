@@ -1,0 +1,384 @@
+//! Safe wrappers over the raw ABI (`abi.rs`): the [`Host`] of one stream, and the per-config
+//! [`Stats`] ids. Each `unsafe` block relies on the same two facts of the ABI: the filter pointer
+//! is valid for the hook being run (on that stream's worker thread), and bytes Envoy lends are
+//! copied before the hook returns or anything is changed.
+
+use std::collections::HashMap;
+
+use crate::abi::{self, EnvoyBuffer, HttpFilterConfigEnvoyPtr, HttpFilterEnvoyPtr, ModuleBuffer};
+use crate::host::{Counter, Gauge, Histogram, Host};
+
+fn buffer(bytes: &[u8]) -> ModuleBuffer {
+    ModuleBuffer {
+        ptr: bytes.as_ptr(),
+        length: bytes.len(),
+    }
+}
+
+const NULL_BUFFER: ModuleBuffer = ModuleBuffer {
+    ptr: std::ptr::null(),
+    length: 0,
+};
+
+/// Copies Envoy's bytes into an owned string (header values are not always UTF-8; the router
+/// reads them as text, as the ext_proc form does).
+///
+/// # Safety
+/// `b` must point at `b.length` readable bytes (or be null).
+unsafe fn owned(b: EnvoyBuffer) -> String {
+    if b.ptr.is_null() || b.length == 0 {
+        return String::new();
+    }
+    // SAFETY: the caller guarantees `b` describes readable bytes for the current hook.
+    let bytes = unsafe { std::slice::from_raw_parts(b.ptr, b.length) };
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The metric ids Envoy gave this filter config.
+pub struct Stats {
+    counters: HashMap<Counter, usize>,
+    gauges: HashMap<Gauge, usize>,
+    histograms: HashMap<Histogram, usize>,
+}
+
+impl Stats {
+    /// Defines every metric on the filter config (main thread, in `on_http_filter_config_new`).
+    pub fn define(config: HttpFilterConfigEnvoyPtr) -> Result<Stats, String> {
+        type Define = unsafe extern "C" fn(
+            HttpFilterConfigEnvoyPtr,
+            ModuleBuffer,
+            *const ModuleBuffer,
+            usize,
+            *mut usize,
+        ) -> abi::MetricsResult;
+        let define = |f: Define, name: &str, labels: &[&str]| -> Result<usize, String> {
+            let labels: Vec<ModuleBuffer> = labels.iter().map(|l| buffer(l.as_bytes())).collect();
+            let mut id = 0usize;
+            // SAFETY: `config` is the pointer Envoy passed to config_new; the buffers outlive the
+            // call and Envoy copies them.
+            let result = unsafe {
+                f(
+                    config,
+                    buffer(name.as_bytes()),
+                    labels.as_ptr(),
+                    labels.len(),
+                    &mut id,
+                )
+            };
+            if result == abi::METRICS_SUCCESS && id != 0 {
+                Ok(id)
+            } else {
+                Err(format!("Envoy refused the stat `{name}` (result {result})"))
+            }
+        };
+        let mut stats = Stats {
+            counters: HashMap::new(),
+            gauges: HashMap::new(),
+            histograms: HashMap::new(),
+        };
+        for counter in Counter::ALL {
+            let id = define(
+                abi::envoy_dynamic_module_callback_http_filter_config_define_counter,
+                counter.name(),
+                counter.labels(),
+            )?;
+            stats.counters.insert(counter, id);
+        }
+        for gauge in Gauge::ALL {
+            let id = define(
+                abi::envoy_dynamic_module_callback_http_filter_config_define_gauge,
+                gauge.name(),
+                &[],
+            )?;
+            stats.gauges.insert(gauge, id);
+        }
+        for histogram in Histogram::ALL {
+            let id = define(
+                abi::envoy_dynamic_module_callback_http_filter_config_define_histogram,
+                histogram.name(),
+                &[],
+            )?;
+            stats.histograms.insert(histogram, id);
+        }
+        Ok(stats)
+    }
+}
+
+/// One stream's Envoy.
+pub struct EnvoyHost<'a> {
+    filter: HttpFilterEnvoyPtr,
+    stats: &'a Stats,
+}
+
+impl<'a> EnvoyHost<'a> {
+    /// # Safety
+    /// `filter` must be the pointer Envoy passed to the hook being run, on its worker thread.
+    pub unsafe fn new(filter: HttpFilterEnvoyPtr, stats: &'a Stats) -> Self {
+        EnvoyHost { filter, stats }
+    }
+
+    fn header(&self, kind: abi::HeaderType, name: &str) -> Option<String> {
+        let mut out = EnvoyBuffer {
+            ptr: std::ptr::null(),
+            length: 0,
+        };
+        let mut count = 0usize;
+        // SAFETY: see the type's contract; `out` is copied before anything changes.
+        unsafe {
+            let found = abi::envoy_dynamic_module_callback_http_get_header(
+                self.filter,
+                kind,
+                buffer(name.as_bytes()),
+                &mut out,
+                0,
+                &mut count,
+            );
+            (found && count > 0).then(|| owned(out))
+        }
+    }
+
+    fn set(&mut self, kind: abi::HeaderType, name: &str, value: Option<&str>) {
+        let value = value.map_or(NULL_BUFFER, |v| buffer(v.as_bytes()));
+        // SAFETY: see the type's contract; Envoy copies the buffers.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_set_header(
+                self.filter,
+                kind,
+                buffer(name.as_bytes()),
+                value,
+            );
+        }
+    }
+
+    fn body(&self, kind: abi::BodyType) -> Vec<u8> {
+        // SAFETY: see the type's contract; the chunks are copied at once.
+        unsafe {
+            let n = abi::envoy_dynamic_module_callback_http_get_body_chunks_size(self.filter, kind);
+            if n == 0 {
+                return Vec::new();
+            }
+            let mut chunks = vec![
+                EnvoyBuffer {
+                    ptr: std::ptr::null(),
+                    length: 0
+                };
+                n
+            ];
+            if !abi::envoy_dynamic_module_callback_http_get_body_chunks(
+                self.filter,
+                kind,
+                chunks.as_mut_ptr(),
+            ) {
+                return Vec::new();
+            }
+            let mut out = Vec::with_capacity(chunks.iter().map(|c| c.length).sum());
+            for chunk in chunks.iter().filter(|c| !c.ptr.is_null()) {
+                out.extend_from_slice(std::slice::from_raw_parts(chunk.ptr, chunk.length));
+            }
+            out
+        }
+    }
+
+    fn body_len(&self, kind: abi::BodyType) -> usize {
+        // SAFETY: see the type's contract.
+        unsafe { abi::envoy_dynamic_module_callback_http_get_body_size(self.filter, kind) }
+    }
+
+    /// Whether the received buffer is the buffered one (an earlier filter buffered the body).
+    fn received_is_buffered(&self) -> bool {
+        // SAFETY: see the type's contract.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_received_buffered_request_body(self.filter)
+        }
+    }
+
+    fn attribute(&self, id: abi::AttributeId) -> Option<String> {
+        let mut out = EnvoyBuffer {
+            ptr: std::ptr::null(),
+            length: 0,
+        };
+        // SAFETY: see the type's contract; `out` is copied at once.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_get_attribute_string(
+                self.filter,
+                id,
+                &mut out,
+            )
+            .then(|| owned(out))
+            .filter(|s| !s.is_empty())
+        }
+    }
+
+    fn labels(values: &[&str]) -> Vec<ModuleBuffer> {
+        values.iter().map(|v| buffer(v.as_bytes())).collect()
+    }
+}
+
+impl Host for EnvoyHost<'_> {
+    fn request_header(&self, name: &str) -> Option<String> {
+        self.header(abi::HEADER_REQUEST, name)
+    }
+
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        self.set(abi::HEADER_REQUEST, name, Some(value));
+    }
+
+    fn remove_request_header(&mut self, name: &str) {
+        self.set(abi::HEADER_REQUEST, name, None);
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        self.header(abi::HEADER_RESPONSE, name)
+    }
+
+    fn set_response_header(&mut self, name: &str, value: &str) {
+        self.set(abi::HEADER_RESPONSE, name, Some(value));
+    }
+
+    fn remove_response_header(&mut self, name: &str) {
+        self.set(abi::HEADER_RESPONSE, name, None);
+    }
+
+    fn request_body_len(&self) -> usize {
+        if self.received_is_buffered() {
+            self.body_len(abi::BODY_RECEIVED_REQUEST)
+        } else {
+            self.body_len(abi::BODY_BUFFERED_REQUEST) + self.body_len(abi::BODY_RECEIVED_REQUEST)
+        }
+    }
+
+    /// At the end of the stream the whole body is what earlier hooks buffered plus this hook's
+    /// frame (or only the frame, when it is the buffered body).
+    fn request_body(&self) -> Vec<u8> {
+        if self.received_is_buffered() {
+            return self.body(abi::BODY_RECEIVED_REQUEST);
+        }
+        let mut body = self.body(abi::BODY_BUFFERED_REQUEST);
+        body.extend_from_slice(&self.body(abi::BODY_RECEIVED_REQUEST));
+        body
+    }
+
+    fn replace_request_body(&mut self, body: &[u8]) {
+        // SAFETY: see the type's contract; Envoy copies the appended bytes.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_drain_body(
+                self.filter,
+                abi::BODY_BUFFERED_REQUEST,
+                usize::MAX,
+            );
+            abi::envoy_dynamic_module_callback_http_drain_body(
+                self.filter,
+                abi::BODY_RECEIVED_REQUEST,
+                usize::MAX,
+            );
+            abi::envoy_dynamic_module_callback_http_append_body(
+                self.filter,
+                abi::BODY_RECEIVED_REQUEST,
+                buffer(body),
+            );
+        }
+    }
+
+    fn response_chunk(&self) -> Vec<u8> {
+        self.body(abi::BODY_RECEIVED_RESPONSE)
+    }
+
+    fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8], details: &str) {
+        let mut headers: Vec<abi::ModuleHttpHeader> = headers
+            .iter()
+            .map(|(k, v)| abi::ModuleHttpHeader {
+                key_ptr: k.as_ptr(),
+                key_length: k.len(),
+                value_ptr: v.as_ptr(),
+                value_length: v.len(),
+            })
+            .collect();
+        // SAFETY: see the type's contract; the header array and buffers outlive the call and
+        // Envoy copies them.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_send_response(
+                self.filter,
+                u32::from(status),
+                headers.as_mut_ptr(),
+                headers.len(),
+                buffer(body),
+                buffer(details.as_bytes()),
+            );
+        }
+    }
+
+    fn clear_route_cache(&mut self) {
+        // SAFETY: see the type's contract.
+        unsafe { abi::envoy_dynamic_module_callback_http_clear_route_cache(self.filter) }
+    }
+
+    fn override_upstream_host(&mut self, host: &str) -> bool {
+        // SAFETY: see the type's contract; Envoy copies the host. Not strict: a pinned host that
+        // is gone or unhealthy falls back to the cluster's load balancing, as the ext_proc form's
+        // stateful_session does.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_set_upstream_override_host(
+                self.filter,
+                buffer(host.as_bytes()),
+                false,
+            )
+        }
+    }
+
+    fn upstream_address(&self) -> Option<String> {
+        self.attribute(abi::ATTR_UPSTREAM_ADDRESS)
+    }
+
+    fn upstream_cluster(&self) -> Option<String> {
+        self.attribute(abi::ATTR_XDS_CLUSTER_NAME)
+    }
+
+    fn increment(&mut self, counter: Counter, labels: &[&str]) {
+        let Some(&id) = self.stats.counters.get(&counter) else {
+            return;
+        };
+        let labels = Self::labels(labels);
+        // SAFETY: see the type's contract; the label buffers outlive the call.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_increment_counter(
+                self.filter,
+                id,
+                labels.as_ptr(),
+                labels.len(),
+                1,
+            );
+        }
+    }
+
+    fn set_gauge(&mut self, gauge: Gauge, value: u64) {
+        let Some(&id) = self.stats.gauges.get(&gauge) else {
+            return;
+        };
+        // SAFETY: see the type's contract.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_set_gauge(
+                self.filter,
+                id,
+                std::ptr::null(),
+                0,
+                value,
+            );
+        }
+    }
+
+    fn record(&mut self, histogram: Histogram, value: u64) {
+        let Some(&id) = self.stats.histograms.get(&histogram) else {
+            return;
+        };
+        // SAFETY: see the type's contract.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_record_histogram_value(
+                self.filter,
+                id,
+                std::ptr::null(),
+                0,
+                value,
+            );
+        }
+    }
+}

@@ -1,0 +1,657 @@
+//! One HTTP stream through the module: the same behaviour as the ext_proc service, decided by the
+//! same core, carried out through Envoy's filter callbacks instead of ext_proc messages.
+//!
+//! - Request headers: routing headers a client sent are removed; the model list is answered
+//!   locally; compressed or oversized bodies are refused up front; a request whose route depends
+//!   on its body is held until the body is whole, every other one is decided at once.
+//! - Request body: buffered (only for those requests), limited to `max_body_bytes`, decided on,
+//!   and replaced when the model was rewritten (`content-length` fixed).
+//! - The decision: the cluster header plus a route-cache clear, the pinned host as Envoy's
+//!   upstream override (falling back to load balancing when the host is gone), the routing
+//!   headers the upstream sees.
+//! - Response: the id a state-creating request creates is read as the response passes (a JSON
+//!   body, or the first SSE event) and recorded in the shared store before the last byte leaves
+//!   the filter; a stream is never held. No observer filter and no pending-id wait are needed:
+//!   the filter sees the response itself, in order.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use responses_router_core::affinity::Location;
+use responses_router_core::config::RoutingTable;
+use responses_router_core::learn::{Capture, Format, IdCapture};
+use responses_router_core::routing::headers::{self, HeaderChanges, ROUTING_HEADERS};
+use responses_router_core::routing::{self, Decision, RequestHead, Watch};
+use responses_router_core::{ApiError, RequestKind};
+
+use crate::host::{Counter, Histogram, Host};
+use crate::router::Router;
+
+/// What Envoy should do after a headers hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadersFlow {
+    Continue,
+    /// Hold the headers: the body is awaited, or the request was answered locally.
+    Stop,
+}
+
+/// What Envoy should do after a body hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFlow {
+    Continue,
+    /// Keep buffering: the route depends on the whole body.
+    Buffer,
+    /// Stop without buffering: the request was answered locally.
+    Stop,
+}
+
+/// A request held until its body is whole.
+struct AwaitingBody {
+    kind: RequestKind,
+    /// Whether the client sent `content-length` (then it is corrected on a rewrite).
+    declared_length: bool,
+}
+
+/// What the response must be watched for.
+struct Watching {
+    routed_cluster: String,
+    pinned_host: Option<String>,
+    learn: bool,
+    decision_headers: HeaderChanges,
+}
+
+/// The module's state for one stream.
+pub struct Stream {
+    router: Arc<Router>,
+    /// The table in force when the stream started: a reload never changes a request halfway.
+    table: Arc<RoutingTable>,
+    request_id: String,
+    awaiting: Option<AwaitingBody>,
+    watching: Option<Watching>,
+    capture: Option<(Location, IdCapture)>,
+}
+
+impl Stream {
+    /// A stream routed by `router`'s table in force now.
+    pub fn new(router: Arc<Router>) -> Self {
+        let table = router.table();
+        Stream {
+            router,
+            table,
+            request_id: String::new(),
+            awaiting: None,
+            watching: None,
+            capture: None,
+        }
+    }
+
+    pub fn on_request_headers(&mut self, host: &mut impl Host, end_of_stream: bool) -> HeadersFlow {
+        let started = Instant::now();
+        let method = host.request_header(":method").unwrap_or_default();
+        let path = host.request_header(":path").unwrap_or_default();
+        let upgrade = host
+            .request_header("upgrade")
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        self.request_id = host.request_header("x-request-id").unwrap_or_default();
+        let head_encoding = host.request_header("content-encoding");
+        let content_length = host.request_header("content-length");
+        // No client header may choose an upstream: every routing header goes before anything else.
+        for name in ROUTING_HEADERS {
+            host.remove_request_header(name);
+        }
+        let kind = RequestKind::from_request(&method, &path, upgrade);
+        match routing::answer_locally(&self.table, &kind) {
+            Some(Ok(reply)) => {
+                host.increment(Counter::Answered, &[kind.name()]);
+                host.send_response(
+                    200,
+                    &[("content-type", "application/json")],
+                    &reply.body,
+                    "responses_router_answered",
+                );
+                return HeadersFlow::Stop;
+            }
+            Some(Err(error)) => return self.refuse(host, &error),
+            None => {}
+        }
+        let head = RequestHead {
+            content_encoding: head_encoding.as_deref(),
+            content_length: content_length
+                .as_deref()
+                .and_then(|v| v.trim().parse().ok()),
+        };
+        if let Err(error) = routing::check_head(&self.table, &kind, head) {
+            return self.refuse(host, &error);
+        }
+        if kind.needs_body() && !end_of_stream {
+            self.awaiting = Some(AwaitingBody {
+                kind,
+                declared_length: content_length.is_some(),
+            });
+            return HeadersFlow::Stop;
+        }
+        // No body to wait for: decide now (a body-bearing kind with no body is a 400).
+        let body = kind.needs_body().then_some(&[][..]);
+        let flow = match self.route(&kind, body) {
+            Ok(decision) => {
+                self.carry_out(host, &decision, false);
+                HeadersFlow::Continue
+            }
+            Err(error) => self.refuse(host, &error),
+        };
+        host.record(Histogram::DecisionMicros, micros(started));
+        flow
+    }
+
+    pub fn on_request_body(&mut self, host: &mut impl Host, end_of_stream: bool) -> BodyFlow {
+        if self.awaiting.is_none() {
+            return BodyFlow::Continue;
+        }
+        let limit = self.table.max_body_bytes();
+        if host.request_body_len() > limit {
+            self.awaiting = None;
+            self.refuse(host, &ApiError::body_too_large(limit));
+            return BodyFlow::Stop;
+        }
+        if !end_of_stream {
+            return BodyFlow::Buffer;
+        }
+        let Some(awaiting) = self.awaiting.take() else {
+            return BodyFlow::Continue;
+        };
+        let started = Instant::now();
+        let body = host.request_body();
+        let flow = match self.route(&awaiting.kind, Some(&body)) {
+            Ok(decision) => {
+                self.carry_out(host, &decision, awaiting.declared_length);
+                BodyFlow::Continue
+            }
+            Err(error) => {
+                self.refuse(host, &error);
+                BodyFlow::Stop
+            }
+        };
+        host.record(Histogram::DecisionMicros, micros(started));
+        flow
+    }
+
+    /// Trailers while the body is awaited are refused, as the ext_proc form refuses them.
+    pub fn on_request_trailers(&mut self, host: &mut impl Host) -> HeadersFlow {
+        if self.awaiting.take().is_none() {
+            return HeadersFlow::Continue;
+        }
+        self.refuse(
+            host,
+            &ApiError::unsupported(
+                "trailers_not_supported",
+                "request trailers are not supported on this endpoint",
+            ),
+        )
+    }
+
+    pub fn on_response_headers(
+        &mut self,
+        host: &mut impl Host,
+        end_of_stream: bool,
+    ) -> HeadersFlow {
+        let Some(watching) = self.watching.take() else {
+            return HeadersFlow::Continue;
+        };
+        let served_by = host.upstream_address();
+        if watching.pinned_host.is_some()
+            && served_by.is_some()
+            && watching.pinned_host != served_by
+        {
+            // Envoy could not use the pinned host (gone or unhealthy) and load-balanced instead.
+            host.increment(Counter::Affinity, &["moved_host"]);
+        }
+        for (name, value) in &watching.decision_headers.set {
+            host.set_response_header(name, value);
+        }
+        for name in &watching.decision_headers.remove {
+            host.remove_response_header(name);
+        }
+        if watching.learn && !end_of_stream {
+            let format = Format::of_response(
+                host.response_header(":status").as_deref(),
+                host.response_header("content-type").as_deref(),
+                host.response_header("content-encoding").as_deref(),
+            );
+            if let Some(format) = format {
+                let location = Location {
+                    cluster: host.upstream_cluster().unwrap_or(watching.routed_cluster),
+                    host: served_by,
+                };
+                self.capture = Some((location, IdCapture::new(format)));
+            }
+        }
+        HeadersFlow::Continue
+    }
+
+    /// Reads the created id as the body passes; every chunk goes on at once, and the id is
+    /// recorded before the chunk that completes it leaves the filter.
+    pub fn on_response_body(&mut self, host: &mut impl Host, end_of_stream: bool) -> BodyFlow {
+        let Some((location, capture)) = self.capture.as_mut() else {
+            return BodyFlow::Continue;
+        };
+        match capture.feed(&host.response_chunk(), end_of_stream) {
+            Capture::Pending => {}
+            Capture::GaveUp => self.capture = None,
+            Capture::Found(id) => {
+                self.router.store().record(&id, location);
+                let source = if capture_is_sse(capture) {
+                    "sse"
+                } else {
+                    "json"
+                };
+                host.increment(Counter::LearnedIds, &[source]);
+                crate::log::debug(&format!(
+                    "learned {id} on {} ({:?})",
+                    location.cluster, location.host
+                ));
+                self.capture = None;
+            }
+        }
+        BodyFlow::Continue
+    }
+
+    /// Prepares the request, looks up the state it names, and decides.
+    fn route(&self, kind: &RequestKind, body: Option<&[u8]>) -> Result<Decision, ApiError> {
+        let prepared = routing::prepare(&self.table, kind, &self.request_id, body)?;
+        let pinned = prepared
+            .state()
+            .and_then(|state| self.router.store().lookup(state.id()));
+        routing::decide(&self.table, &prepared, pinned.as_ref())
+    }
+
+    /// Carries the decision out: routing headers, the pinned host, the rewritten body, a route
+    /// re-pick; counts it and remembers what to watch on the response.
+    fn carry_out(&mut self, host: &mut impl Host, decision: &Decision, declared_length: bool) {
+        let changes = headers::request_headers(decision, declared_length);
+        for (name, value) in &changes.set {
+            host.set_request_header(name, value);
+        }
+        for name in &changes.remove {
+            host.remove_request_header(name);
+        }
+        if let Some(body) = &decision.body {
+            host.replace_request_body(body);
+        }
+        if let Some(pinned) = &decision.target.host {
+            host.override_upstream_host(pinned);
+        }
+        host.clear_route_cache();
+        host.increment(
+            Counter::Decisions,
+            &[
+                decision.kind.name(),
+                decision.reason().as_str(),
+                decision.model().unwrap_or_default(),
+                &decision.target.cluster,
+                decision.category().unwrap_or_default(),
+            ],
+        );
+        if let Some(outcome) = decision.affinity() {
+            host.increment(Counter::Affinity, &[outcome.as_str()]);
+        }
+        crate::log::debug(&format!(
+            "routed {} {}: model={} cluster={} reason={} request_id={}",
+            decision.kind.name(),
+            decision.category().unwrap_or_default(),
+            decision.model().unwrap_or_default(),
+            decision.target.cluster,
+            decision.reason().as_str(),
+            self.request_id
+        ));
+        self.watching = match decision.watch {
+            Watch::Response {
+                learn,
+                decision_headers,
+            } => Some(Watching {
+                routed_cluster: decision.target.cluster.clone(),
+                pinned_host: decision.target.host.clone(),
+                learn: learn.is_some(),
+                decision_headers: if decision_headers {
+                    headers::response_headers(decision)
+                } else {
+                    HeaderChanges::default()
+                },
+            }),
+            Watch::Nothing => None,
+        };
+    }
+
+    /// Answers with an OpenAI-style error; nothing reaches an upstream.
+    fn refuse(&mut self, host: &mut impl Host, error: &ApiError) -> HeadersFlow {
+        self.awaiting = None;
+        host.increment(Counter::Refusals, &[error.code]);
+        crate::log::info(&format!(
+            "request refused: {} {}: {} (request_id={})",
+            error.status, error.code, error.message, self.request_id
+        ));
+        refuse(host, error);
+        HeadersFlow::Stop
+    }
+}
+
+/// Sends `error` as the client's answer.
+pub fn refuse(host: &mut impl Host, error: &ApiError) {
+    host.send_response(
+        error.status,
+        &[
+            ("content-type", "application/json"),
+            ("x-router-error", error.code),
+        ],
+        &error.to_json(),
+        &format!("responses_router_{}", error.code),
+    );
+}
+
+fn capture_is_sse(capture: &IdCapture) -> bool {
+    capture.format() == Format::EventStream
+}
+
+fn micros(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::host::{Gauge, Host};
+
+    const YAML: &str = r#"
+max_body_bytes: 200
+default_model: general-model
+expose_decision: true
+models:
+  - name: general-model
+    clusters: [{ name: general }]
+  - name: code-model
+    clusters: [{ name: code }]
+clusters:
+  - name: code
+    pin_host: true
+categories:
+  - name: coding
+    model: code-model
+    keywords: [python]
+"#;
+
+    /// Envoy as a unit test plays it: header maps, a body, and what the module asked for.
+    #[derive(Default)]
+    struct FakeHost {
+        request: HashMap<String, String>,
+        response: HashMap<String, String>,
+        buffered: Vec<u8>,
+        received: Vec<u8>,
+        response_chunk: Vec<u8>,
+        sent: Option<(u16, Vec<u8>)>,
+        route_cleared: bool,
+        override_host: Option<String>,
+        upstream: Option<String>,
+        cluster: Option<String>,
+        counted: Vec<(Counter, Vec<String>)>,
+    }
+
+    impl FakeHost {
+        fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Self {
+            let mut host = FakeHost::default();
+            host.request.insert(":method".into(), method.into());
+            host.request.insert(":path".into(), path.into());
+            for (k, v) in headers {
+                host.request.insert((*k).into(), (*v).into());
+            }
+            host
+        }
+
+        fn counted(&self, counter: Counter) -> Vec<Vec<String>> {
+            self.counted
+                .iter()
+                .filter(|(c, _)| *c == counter)
+                .map(|(_, labels)| labels.clone())
+                .collect()
+        }
+    }
+
+    impl Host for FakeHost {
+        fn request_header(&self, name: &str) -> Option<String> {
+            self.request.get(name).cloned()
+        }
+        fn set_request_header(&mut self, name: &str, value: &str) {
+            self.request.insert(name.into(), value.into());
+        }
+        fn remove_request_header(&mut self, name: &str) {
+            self.request.remove(name);
+        }
+        fn response_header(&self, name: &str) -> Option<String> {
+            self.response.get(name).cloned()
+        }
+        fn set_response_header(&mut self, name: &str, value: &str) {
+            self.response.insert(name.into(), value.into());
+        }
+        fn remove_response_header(&mut self, name: &str) {
+            self.response.remove(name);
+        }
+        fn request_body_len(&self) -> usize {
+            self.buffered.len() + self.received.len()
+        }
+        fn request_body(&self) -> Vec<u8> {
+            [self.buffered.as_slice(), self.received.as_slice()].concat()
+        }
+        fn replace_request_body(&mut self, body: &[u8]) {
+            self.buffered.clear();
+            self.received = body.to_vec();
+        }
+        fn response_chunk(&self) -> Vec<u8> {
+            self.response_chunk.clone()
+        }
+        fn send_response(&mut self, status: u16, _: &[(&str, &str)], body: &[u8], _: &str) {
+            self.sent = Some((status, body.to_vec()));
+        }
+        fn clear_route_cache(&mut self) {
+            self.route_cleared = true;
+        }
+        fn override_upstream_host(&mut self, host: &str) -> bool {
+            self.override_host = Some(host.into());
+            true
+        }
+        fn upstream_address(&self) -> Option<String> {
+            self.upstream.clone()
+        }
+        fn upstream_cluster(&self) -> Option<String> {
+            self.cluster.clone()
+        }
+        fn increment(&mut self, counter: Counter, labels: &[&str]) {
+            self.counted
+                .push((counter, labels.iter().map(|l| (*l).to_owned()).collect()));
+        }
+        fn set_gauge(&mut self, _: Gauge, _: u64) {}
+        fn record(&mut self, _: Histogram, _: u64) {}
+    }
+
+    fn router() -> Arc<Router> {
+        let json = serde_json::json!({ "routing_yaml_inline": YAML }).to_string();
+        Router::from_filter_config(json.as_bytes()).unwrap()
+    }
+
+    /// Sends a POST /v1/responses with `body` through a new stream, as Envoy would: headers, then
+    /// the body in one frame.
+    fn post(router: &Arc<Router>, body: &str) -> (Stream, FakeHost) {
+        let mut stream = Stream::new(Arc::clone(router));
+        let length = body.len().to_string();
+        let mut host = FakeHost::request(
+            "POST",
+            "/v1/responses",
+            &[
+                ("content-length", &length),
+                ("x-router-cluster", "general"),
+                ("x-request-id", "req-1"),
+            ],
+        );
+        assert_eq!(
+            stream.on_request_headers(&mut host, false),
+            HeadersFlow::Stop
+        );
+        assert!(
+            !host.request.contains_key("x-router-cluster"),
+            "a client's routing header is gone before anything else"
+        );
+        host.received = body.as_bytes().to_vec();
+        assert_eq!(stream.on_request_body(&mut host, true), BodyFlow::Continue);
+        (stream, host)
+    }
+
+    #[test]
+    fn an_auto_request_is_classified_spliced_and_routed_on_its_body() {
+        let (_, host) = post(&router(), r#"{"model":"auto","input":"debug my python"}"#);
+        assert_eq!(host.request["x-router-cluster"], "code");
+        assert_eq!(host.request["x-selected-model"], "code-model");
+        let body = br#"{"model":"code-model","input":"debug my python"}"#;
+        assert_eq!(host.request_body(), body);
+        assert_eq!(host.request["content-length"], body.len().to_string());
+        assert!(host.route_cleared);
+        assert_eq!(
+            host.counted(Counter::Decisions),
+            [[
+                "responses.create",
+                "category",
+                "code-model",
+                "code",
+                "coding"
+            ]]
+        );
+    }
+
+    #[test]
+    fn a_buffered_body_is_awaited_and_limited() {
+        let router = router();
+        let mut stream = Stream::new(Arc::clone(&router));
+        let mut host = FakeHost::request("POST", "/v1/responses", &[]);
+        stream.on_request_headers(&mut host, false);
+        host.received = vec![b' '; 150];
+        assert_eq!(stream.on_request_body(&mut host, false), BodyFlow::Buffer);
+        host.buffered = std::mem::take(&mut host.received);
+        host.received = vec![b' '; 100];
+        assert_eq!(stream.on_request_body(&mut host, false), BodyFlow::Stop);
+        assert_eq!(host.sent.as_ref().map(|s| s.0), Some(413));
+        assert_eq!(host.counted(Counter::Refusals), [["request_too_large"]]);
+    }
+
+    #[test]
+    fn errors_are_openai_replies_and_nothing_is_routed() {
+        let router = router();
+        let (_, host) = {
+            let mut stream = Stream::new(Arc::clone(&router));
+            let mut host = FakeHost::request("POST", "/v1/responses", &[]);
+            stream.on_request_headers(&mut host, false);
+            host.received = br#"{"model":"gpt-9","input":"x"}"#.to_vec();
+            assert_eq!(stream.on_request_body(&mut host, true), BodyFlow::Stop);
+            (stream, host)
+        };
+        let (status, body) = host.sent.unwrap();
+        assert_eq!(status, 404);
+        let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(error["error"]["code"], "model_not_found");
+        assert!(!host.route_cleared);
+        let mut stream = Stream::new(Arc::clone(&router));
+        let mut host = FakeHost::request("POST", "/v1/responses", &[("content-encoding", "gzip")]);
+        assert_eq!(
+            stream.on_request_headers(&mut host, false),
+            HeadersFlow::Stop
+        );
+        assert_eq!(host.sent.map(|s| s.0), Some(415));
+    }
+
+    #[test]
+    fn the_model_list_is_answered_locally() {
+        let mut stream = Stream::new(router());
+        let mut host = FakeHost::request("GET", "/v1/models", &[]);
+        assert_eq!(
+            stream.on_request_headers(&mut host, true),
+            HeadersFlow::Stop
+        );
+        let (status, body) = host.sent.unwrap();
+        let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (status, list["data"][0]["id"].as_str()),
+            (200, Some("auto"))
+        );
+    }
+
+    #[test]
+    fn a_json_answer_teaches_where_its_id_lives_and_the_continuation_goes_there() {
+        let router = router();
+        let (mut stream, mut host) = post(&router, r#"{"model":"auto","input":"python?"}"#);
+        host.response.insert(":status".into(), "200".into());
+        host.response
+            .insert("content-type".into(), "application/json".into());
+        host.upstream = Some("10.0.0.7:8000".into());
+        host.cluster = Some("code".into());
+        stream.on_response_headers(&mut host, false);
+        assert_eq!(
+            host.response["x-router-model"], "code-model",
+            "the decision, exposed"
+        );
+        for (chunk, end) in [
+            (&br#"{"id":"resp_"#[..], false),
+            (&br#"1","object":"response"}"#[..], true),
+        ] {
+            host.response_chunk = chunk.to_vec();
+            assert_eq!(stream.on_response_body(&mut host, end), BodyFlow::Continue);
+        }
+        assert_eq!(host.counted(Counter::LearnedIds), [["json"]]);
+        // The next turn, classified as general, goes where its state is, to its host.
+        let (_, next) = post(
+            &router,
+            r#"{"model":"auto","previous_response_id":"resp_1","input":"and the capital of Peru?"}"#,
+        );
+        assert_eq!(next.request["x-router-cluster"], "code");
+        assert_eq!(next.request["x-router-reason"], "affinity");
+        assert_eq!(next.override_host.as_deref(), Some("10.0.0.7:8000"));
+        assert_eq!(next.counted(Counter::Affinity), [["hit"]]);
+    }
+
+    #[test]
+    fn an_sse_answer_is_learned_from_its_first_event_without_waiting() {
+        let router = router();
+        let (mut stream, mut host) = post(
+            &router,
+            r#"{"model":"general-model","input":"hi","stream":true}"#,
+        );
+        host.response.insert(":status".into(), "200".into());
+        host.response
+            .insert("content-type".into(), "text/event-stream".into());
+        host.cluster = Some("general".into());
+        stream.on_response_headers(&mut host, false);
+        host.response_chunk =
+            b"event: response.created\ndata: {\"response\":{\"id\":\"resp_s\"}}\n\n".to_vec();
+        assert_eq!(
+            stream.on_response_body(&mut host, false),
+            BodyFlow::Continue
+        );
+        assert_eq!(host.counted(Counter::LearnedIds), [["sse"]]);
+        assert_eq!(
+            router
+                .store()
+                .lookup("resp_s")
+                .map(|l| l.cluster)
+                .as_deref(),
+            Some("general")
+        );
+    }
+
+    #[test]
+    fn trailers_while_the_body_is_awaited_are_refused() {
+        let mut stream = Stream::new(router());
+        let mut host = FakeHost::request("POST", "/v1/responses", &[]);
+        stream.on_request_headers(&mut host, false);
+        assert_eq!(stream.on_request_trailers(&mut host), HeadersFlow::Stop);
+        assert_eq!(
+            host.counted(Counter::Refusals),
+            [["trailers_not_supported"]]
+        );
+    }
+}
