@@ -39,11 +39,12 @@ def _record(case: str, values: dict) -> None:
 
 
 @pytest.fixture
-def fleet_factory(tmp_path):
+def fleet_factory(tmp_path, form):
+    """Fleets of the router form under test (`form` is parametrized by conftest.py)."""
     fleets: list[Fleet] = []
 
     def make(**kwargs) -> Fleet:
-        fleet = Fleet(tmp_path, str(_router_binary()), _envoy_binary(), **kwargs)
+        fleet = Fleet(tmp_path, str(_router_binary()), _envoy_binary(), form=form, **kwargs)
         fleets.append(fleet)
         print(f"fleet logs in {tmp_path}")  # shown with the captured output of a failed test
         return fleet.start()
@@ -73,6 +74,7 @@ def _stream_at_kill(t, turns, t_kill: float) -> bool:
     return bool(previous) and previous[-1].stream and previous[-1].start <= t_kill <= previous[-1].end + 0.2
 
 
+@pytest.mark.forms("ext_proc")  # the module form has no router process of its own
 @pytest.mark.parametrize("store", ["redis", "memory"])
 def test_router_killed_and_restarted(fleet_factory, store):
     """SIGKILL the router under load, keep it down, restart it.
@@ -232,6 +234,7 @@ def test_simulator_killed_and_restarted(fleet_factory, victim):
     })
 
 
+@pytest.mark.forms("ext_proc")
 def test_redis_killed_and_restarted(fleet_factory):
     """SIGKILL the shared Redis of two router replicas under load, restart it (empty).
 

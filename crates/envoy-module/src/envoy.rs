@@ -4,9 +4,10 @@
 //! copied before the hook returns or anything is changed.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use crate::abi::{self, EnvoyBuffer, HttpFilterConfigEnvoyPtr, HttpFilterEnvoyPtr, ModuleBuffer};
-use crate::host::{Counter, Gauge, Histogram, Host};
+use crate::host::{Counter, Gauge, Histogram, Host, Resumer};
 
 fn buffer(bytes: &[u8]) -> ModuleBuffer {
     ModuleBuffer {
@@ -104,17 +105,66 @@ impl Stats {
     }
 }
 
+/// A stream's scheduler. Only `commit` may be called off the worker, so the pointer sits behind
+/// a lock: a commit from the store's thread happens only while the stream has not released it,
+/// and the worker releases it (at the stream's end) under the same lock.
+struct EnvoyResumer {
+    scheduler: Mutex<usize>,
+}
+
+impl Resumer for EnvoyResumer {
+    fn resume(&self, event: u64) {
+        let scheduler = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+        if *scheduler != 0 {
+            // SAFETY: the scheduler is live (not yet deleted, checked under the lock), and commit
+            // is the callback the ABI allows from any thread.
+            unsafe {
+                abi::envoy_dynamic_module_callback_http_filter_scheduler_commit(
+                    *scheduler as abi::HttpFilterSchedulerPtr,
+                    event,
+                );
+            }
+        }
+    }
+
+    fn close(&self) {
+        let mut scheduler = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+        if *scheduler != 0 {
+            // SAFETY: called on the stream's worker thread (the trait's contract), once.
+            unsafe {
+                abi::envoy_dynamic_module_callback_http_filter_scheduler_delete(
+                    *scheduler as abi::HttpFilterSchedulerPtr,
+                );
+            }
+            *scheduler = 0;
+        }
+    }
+}
+
+/// Which hook an [`EnvoyHost`] serves: a request-body hook sees the frame being received, every
+/// other hook only what was buffered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    RequestBody,
+    Other,
+}
+
 /// One stream's Envoy.
 pub struct EnvoyHost<'a> {
     filter: HttpFilterEnvoyPtr,
     stats: &'a Stats,
+    hook: Hook,
 }
 
 impl<'a> EnvoyHost<'a> {
     /// # Safety
     /// `filter` must be the pointer Envoy passed to the hook being run, on its worker thread.
-    pub unsafe fn new(filter: HttpFilterEnvoyPtr, stats: &'a Stats) -> Self {
-        EnvoyHost { filter, stats }
+    pub unsafe fn new(filter: HttpFilterEnvoyPtr, stats: &'a Stats, hook: Hook) -> Self {
+        EnvoyHost {
+            filter,
+            stats,
+            hook,
+        }
     }
 
     fn header(&self, kind: abi::HeaderType, name: &str) -> Option<String> {
@@ -258,7 +308,13 @@ impl Host for EnvoyHost<'_> {
         body
     }
 
+    /// In the request-body hook the new body replaces both the buffered part and the frame (it
+    /// goes on as the frame); after a resume, only the buffered body exists.
     fn replace_request_body(&mut self, body: &[u8]) {
+        let target = match self.hook {
+            Hook::RequestBody => abi::BODY_RECEIVED_REQUEST,
+            Hook::Other => abi::BODY_BUFFERED_REQUEST,
+        };
         // SAFETY: see the type's contract; Envoy copies the appended bytes.
         unsafe {
             abi::envoy_dynamic_module_callback_http_drain_body(
@@ -266,16 +322,14 @@ impl Host for EnvoyHost<'_> {
                 abi::BODY_BUFFERED_REQUEST,
                 usize::MAX,
             );
-            abi::envoy_dynamic_module_callback_http_drain_body(
-                self.filter,
-                abi::BODY_RECEIVED_REQUEST,
-                usize::MAX,
-            );
-            abi::envoy_dynamic_module_callback_http_append_body(
-                self.filter,
-                abi::BODY_RECEIVED_REQUEST,
-                buffer(body),
-            );
+            if self.hook == Hook::RequestBody {
+                abi::envoy_dynamic_module_callback_http_drain_body(
+                    self.filter,
+                    abi::BODY_RECEIVED_REQUEST,
+                    usize::MAX,
+                );
+            }
+            abi::envoy_dynamic_module_callback_http_append_body(self.filter, target, buffer(body));
         }
     }
 
@@ -331,6 +385,25 @@ impl Host for EnvoyHost<'_> {
 
     fn upstream_cluster(&self) -> Option<String> {
         self.attribute(abi::ATTR_XDS_CLUSTER_NAME)
+    }
+
+    fn resumer(&mut self) -> Arc<dyn Resumer> {
+        // SAFETY: see the type's contract; the scheduler is released by `close` on this worker.
+        let scheduler =
+            unsafe { abi::envoy_dynamic_module_callback_http_filter_scheduler_new(self.filter) };
+        Arc::new(EnvoyResumer {
+            scheduler: Mutex::new(scheduler as usize),
+        })
+    }
+
+    fn continue_request(&mut self) {
+        // SAFETY: see the type's contract.
+        unsafe { abi::envoy_dynamic_module_callback_http_filter_continue_decoding(self.filter) }
+    }
+
+    fn continue_response(&mut self) {
+        // SAFETY: see the type's contract.
+        unsafe { abi::envoy_dynamic_module_callback_http_filter_continue_encoding(self.filter) }
     }
 
     fn increment(&mut self, counter: Counter, labels: &[&str]) {

@@ -14,7 +14,7 @@ use responses_router_core::ApiError;
 
 use crate::abi::{self, EnvoyBuffer, HttpFilterConfigEnvoyPtr, HttpFilterConfigModulePtr};
 use crate::abi::{HttpFilterEnvoyPtr, HttpFilterModulePtr};
-use crate::envoy::{EnvoyHost, Stats};
+use crate::envoy::{EnvoyHost, Hook, Stats};
 use crate::filter::{self, BodyFlow, HeadersFlow, Stream};
 use crate::host::{Counter, Gauge, Host};
 use crate::router::Router;
@@ -66,6 +66,7 @@ unsafe fn request_hook<T>(
     what: &str,
     envoy: HttpFilterEnvoyPtr,
     module: HttpFilterModulePtr,
+    hook: Hook,
     stopped: T,
     f: impl FnOnce(&mut Stream, &mut EnvoyHost<'_>) -> T,
 ) -> T {
@@ -74,7 +75,7 @@ unsafe fn request_hook<T>(
     let filter = unsafe { &mut *(module as *mut Filter) };
     let config = filter.config();
     // SAFETY: the caller passes Envoy's pointer for the hook being run.
-    let mut host = unsafe { EnvoyHost::new(envoy, &config.stats) };
+    let mut host = unsafe { EnvoyHost::new(envoy, &config.stats, hook) };
     let outcome = guarded(what, None, || Some(f(&mut filter.stream, &mut host)));
     outcome.unwrap_or_else(|| {
         host.increment(Counter::Panics, &[]);
@@ -150,7 +151,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
         // SAFETY: `config` is the live `FilterConfig` this module made.
         let shared = unsafe { &*(config as *const FilterConfig) };
         // SAFETY: `envoy` is this stream's filter, on its worker thread.
-        let mut host = unsafe { EnvoyHost::new(envoy, &shared.stats) };
+        let mut host = unsafe { EnvoyHost::new(envoy, &shared.stats, Hook::Other) };
         publish(shared, &mut host);
         let filter = Filter {
             config: config as *const FilterConfig,
@@ -192,6 +193,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
             "request_headers",
             envoy,
             module,
+            Hook::Other,
             abi::HEADERS_STOP_ITERATION,
             |stream, host| match stream.on_request_headers(host, end_of_stream) {
                 HeadersFlow::Continue => abi::HEADERS_CONTINUE,
@@ -221,6 +223,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
             "request_body",
             envoy,
             module,
+            Hook::RequestBody,
             abi::BODY_STOP_ITERATION_NO_BUFFER,
             |stream, host| body_status(stream.on_request_body(host, end_of_stream)),
         )
@@ -238,6 +241,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
             "request_trailers",
             envoy,
             module,
+            Hook::Other,
             abi::TRAILERS_STOP_ITERATION,
             |stream, host| match stream.on_request_trailers(host) {
                 HeadersFlow::Continue => abi::TRAILERS_CONTINUE,
@@ -263,7 +267,7 @@ unsafe fn response_hook<T>(
     let filter = unsafe { &mut *(module as *mut Filter) };
     let config = filter.config();
     // SAFETY: the caller passes Envoy's pointer for the hook being run.
-    let mut host = unsafe { EnvoyHost::new(envoy, &config.stats) };
+    let mut host = unsafe { EnvoyHost::new(envoy, &config.stats, Hook::Other) };
     match guarded(what, None, || Some(f(&mut filter.stream, &mut host))) {
         Some(value) => value,
         None => {
@@ -337,12 +341,25 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(module: Htt
     })
 }
 
+/// Work finished on another thread (the shared store) resumes its stream here, on its worker.
+/// A panic while finishing a request answers it with the router's 500.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
-    _envoy: HttpFilterEnvoyPtr,
-    _module: HttpFilterModulePtr,
-    _event_id: u64,
+    envoy: HttpFilterEnvoyPtr,
+    module: HttpFilterModulePtr,
+    event_id: u64,
 ) {
+    // SAFETY: Envoy's pointers for this hook.
+    unsafe {
+        request_hook(
+            "scheduled",
+            envoy,
+            module,
+            Hook::Other,
+            (),
+            |stream, host| stream.on_scheduled(host, event_id),
+        )
+    }
 }
 
 #[unsafe(no_mangle)]

@@ -10,11 +10,15 @@
 //!   upstream override (falling back to load balancing when the host is gone), the routing
 //!   headers the upstream sees.
 //! - Response: the id a state-creating request creates is read as the response passes (a JSON
-//!   body, or the first SSE event) and recorded in the shared store before the last byte leaves
-//!   the filter; a stream is never held. No observer filter and no pending-id wait are needed:
-//!   the filter sees the response itself, in order.
+//!   body, or the first SSE event) and recorded before the last byte leaves the filter; a stream
+//!   is never held. No observer filter and no pending-id wait are needed: the filter sees the
+//!   response itself, in order.
+//! - Sharing (`affinity.redis_url`): memory first; an id memory does not know is asked of the
+//!   shared store off the worker thread while the request waits (the store's own budget bounds
+//!   the wait), and a JSON answer's last chunk waits until its id is written there, as the
+//!   ext_proc form's answer waits; an SSE id is written without holding the stream.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use responses_router_core::affinity::Location;
@@ -24,8 +28,13 @@ use responses_router_core::routing::headers::{self, HeaderChanges, ROUTING_HEADE
 use responses_router_core::routing::{self, Decision, RequestHead, Watch};
 use responses_router_core::{ApiError, RequestKind};
 
-use crate::host::{Counter, Histogram, Host};
+use crate::host::{Counter, Histogram, Host, Resumer};
 use crate::router::Router;
+
+/// `on_scheduled` event: the shared store answered a lookup.
+pub const EVENT_LOOKED_UP: u64 = 1;
+/// `on_scheduled` event: the shared store took a JSON answer's id.
+pub const EVENT_RECORDED: u64 = 2;
 
 /// What Envoy should do after a headers hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +69,14 @@ struct Watching {
     decision_headers: HeaderChanges,
 }
 
+/// A request waiting for the shared store to say where its state lives.
+struct LookingUp {
+    kind: RequestKind,
+    declared_length: bool,
+    /// Filled on the store's thread: `Some(answer)` once it answered.
+    answer: Arc<Mutex<Option<Option<Location>>>>,
+}
+
 /// The module's state for one stream.
 pub struct Stream {
     router: Arc<Router>,
@@ -67,8 +84,29 @@ pub struct Stream {
     table: Arc<RoutingTable>,
     request_id: String,
     awaiting: Option<AwaitingBody>,
+    looking_up: Option<LookingUp>,
     watching: Option<Watching>,
     capture: Option<(Location, IdCapture)>,
+    /// The scheduler that wakes this stream, once one was needed.
+    resumer: Option<Arc<dyn Resumer>>,
+}
+
+/// What routing made of a request. (Returned once per request and consumed at once: boxing the
+/// decision would cost an allocation per request for nothing.)
+#[allow(clippy::large_enum_variant)]
+enum Routed {
+    Decided(Decision),
+    /// The shared store was asked where the state lives; `on_scheduled` finishes the decision.
+    LookingUp,
+}
+
+impl Drop for Stream {
+    /// On the stream's worker (Envoy destroys the filter there): no resume may reach it after.
+    fn drop(&mut self) {
+        if let Some(resumer) = &self.resumer {
+            resumer.close();
+        }
+    }
 }
 
 impl Stream {
@@ -80,8 +118,10 @@ impl Stream {
             table,
             request_id: String::new(),
             awaiting: None,
+            looking_up: None,
             watching: None,
             capture: None,
+            resumer: None,
         }
     }
 
@@ -132,11 +172,12 @@ impl Stream {
         }
         // No body to wait for: decide now (a body-bearing kind with no body is a 400).
         let body = kind.needs_body().then_some(&[][..]);
-        let flow = match self.route(&kind, body) {
-            Ok(decision) => {
+        let flow = match self.route(host, &kind, false, body) {
+            Ok(Routed::Decided(decision)) => {
                 self.carry_out(host, &decision, false);
                 HeadersFlow::Continue
             }
+            Ok(Routed::LookingUp) => HeadersFlow::Stop,
             Err(error) => self.refuse(host, &error),
         };
         host.record(Histogram::DecisionMicros, micros(started));
@@ -161,11 +202,13 @@ impl Stream {
         };
         let started = Instant::now();
         let body = host.request_body();
-        let flow = match self.route(&awaiting.kind, Some(&body)) {
-            Ok(decision) => {
+        let flow = match self.route(host, &awaiting.kind, awaiting.declared_length, Some(&body)) {
+            Ok(Routed::Decided(decision)) => {
                 self.carry_out(host, &decision, awaiting.declared_length);
                 BodyFlow::Continue
             }
+            // Held (buffered) until the shared store answers.
+            Ok(Routed::LookingUp) => BodyFlow::Buffer,
             Err(error) => {
                 self.refuse(host, &error);
                 BodyFlow::Stop
@@ -238,30 +281,123 @@ impl Stream {
             Capture::Pending => {}
             Capture::GaveUp => self.capture = None,
             Capture::Found(id) => {
-                self.router.store().record(&id, location);
-                let source = if capture_is_sse(capture) {
-                    "sse"
-                } else {
-                    "json"
-                };
-                host.increment(Counter::LearnedIds, &[source]);
+                let sse = capture.format() == Format::EventStream;
+                let location = location.clone();
+                self.capture = None;
+                self.router.store().record(&id, &location);
+                host.increment(Counter::LearnedIds, &[if sse { "sse" } else { "json" }]);
                 crate::log::debug(&format!(
                     "learned {id} on {} ({:?})",
                     location.cluster, location.host
                 ));
-                self.capture = None;
+                if let Some(remote) = self.router.remote().cloned() {
+                    if sse {
+                        // A stream never waits: the id is shared as soon as the store can.
+                        remote.record(&id, &location, Box::new(|()| {}));
+                    } else {
+                        // A JSON answer's last chunk waits until the id is shared, so a client
+                        // cannot continue on another Envoy before it can be found there.
+                        let resumer = self.resumer(host);
+                        remote.record(
+                            &id,
+                            &location,
+                            Box::new(move |()| resumer.resume(EVENT_RECORDED)),
+                        );
+                        return BodyFlow::Buffer;
+                    }
+                }
             }
         }
         BodyFlow::Continue
     }
 
-    /// Prepares the request, looks up the state it names, and decides.
-    fn route(&self, kind: &RequestKind, body: Option<&[u8]>) -> Result<Decision, ApiError> {
+    /// Finishes what waited for another thread: a decision waiting for the shared store's lookup,
+    /// or a JSON answer waiting for its id to be shared.
+    pub fn on_scheduled(&mut self, host: &mut impl Host, event: u64) {
+        match event {
+            EVENT_LOOKED_UP => {
+                let Some(looking_up) = self.looking_up.take() else {
+                    return;
+                };
+                let answer = looking_up
+                    .answer
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .flatten();
+                let body = looking_up.kind.needs_body().then(|| host.request_body());
+                let prepared = routing::prepare(
+                    &self.table,
+                    &looking_up.kind,
+                    &self.request_id,
+                    body.as_deref(),
+                );
+                let decided = prepared.and_then(|prepared| {
+                    if let (Some(location), Some(state)) = (&answer, prepared.state()) {
+                        // Known from now on in this process too (memory first).
+                        self.router.store().record(state.id(), location);
+                    }
+                    routing::decide(&self.table, &prepared, answer.as_ref())
+                });
+                match decided {
+                    Ok(decision) => {
+                        self.carry_out(host, &decision, looking_up.declared_length);
+                        host.continue_request();
+                    }
+                    Err(error) => {
+                        self.refuse(host, &error);
+                    }
+                }
+            }
+            EVENT_RECORDED => host.continue_response(),
+            _ => {}
+        }
+    }
+
+    /// This stream's resumer, created on first use.
+    fn resumer(&mut self, host: &mut impl Host) -> Arc<dyn Resumer> {
+        Arc::clone(self.resumer.get_or_insert_with(|| host.resumer()))
+    }
+
+    /// Prepares the request, looks up the state it names (memory first, then the shared store,
+    /// off the worker), and decides when it can.
+    fn route(
+        &mut self,
+        host: &mut impl Host,
+        kind: &RequestKind,
+        declared_length: bool,
+        body: Option<&[u8]>,
+    ) -> Result<Routed, ApiError> {
         let prepared = routing::prepare(&self.table, kind, &self.request_id, body)?;
-        let pinned = prepared
-            .state()
-            .and_then(|state| self.router.store().lookup(state.id()));
-        routing::decide(&self.table, &prepared, pinned.as_ref())
+        let pinned = match prepared.state() {
+            None => None,
+            Some(state) => match self.router.store().lookup(state.id()) {
+                Some(found) => Some(found),
+                None => {
+                    if let Some(remote) = self.router.remote().cloned() {
+                        let id = state.id().to_owned();
+                        let answer = Arc::new(Mutex::new(None));
+                        let filled = Arc::clone(&answer);
+                        let resumer = self.resumer(host);
+                        self.looking_up = Some(LookingUp {
+                            kind: kind.clone(),
+                            declared_length,
+                            answer,
+                        });
+                        remote.lookup(
+                            &id,
+                            Box::new(move |found| {
+                                *filled.lock().unwrap_or_else(|p| p.into_inner()) = Some(found);
+                                resumer.resume(EVENT_LOOKED_UP);
+                            }),
+                        );
+                        return Ok(Routed::LookingUp);
+                    }
+                    None
+                }
+            },
+        };
+        routing::decide(&self.table, &prepared, pinned.as_ref()).map(Routed::Decided)
     }
 
     /// Carries the decision out: routing headers, the pinned host, the rewritten body, a route
@@ -347,10 +483,6 @@ pub fn refuse(host: &mut impl Host, error: &ApiError) {
     );
 }
 
-fn capture_is_sse(capture: &IdCapture) -> bool {
-    capture.format() == Format::EventStream
-}
-
 fn micros(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
@@ -361,6 +493,7 @@ mod tests {
 
     use super::*;
     use crate::host::{Gauge, Host};
+    use crate::shared::{Done, Remote};
 
     const YAML: &str = r#"
 max_body_bytes: 200
@@ -394,6 +527,64 @@ categories:
         upstream: Option<String>,
         cluster: Option<String>,
         counted: Vec<(Counter, Vec<String>)>,
+        resumer: Option<Arc<FakeResumer>>,
+        continued_request: bool,
+        continued_response: bool,
+    }
+
+    /// Records the events a stream asked to be woken with.
+    #[derive(Default)]
+    struct FakeResumer {
+        events: Mutex<Vec<u64>>,
+        closed: std::sync::atomic::AtomicBool,
+    }
+
+    impl Resumer for FakeResumer {
+        fn resume(&self, event: u64) {
+            if !self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+                self.events.lock().unwrap().push(event);
+            }
+        }
+        fn close(&self) {
+            self.closed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// A shared store whose answers the test releases by hand, as the store's thread would.
+    #[derive(Default)]
+    struct FakeRemote {
+        known: Mutex<HashMap<String, Location>>,
+        lookups: Mutex<Vec<(String, Done<Option<Location>>)>>,
+        records: Mutex<Vec<(String, Done<()>)>>,
+    }
+
+    impl Remote for FakeRemote {
+        fn lookup(&self, id: &str, done: Done<Option<Location>>) {
+            self.lookups.lock().unwrap().push((id.to_owned(), done));
+        }
+        fn record(&self, id: &str, location: &Location, done: Done<()>) {
+            self.known
+                .lock()
+                .unwrap()
+                .insert(id.to_owned(), location.clone());
+            self.records.lock().unwrap().push((id.to_owned(), done));
+        }
+    }
+
+    impl FakeRemote {
+        /// Answers every pending lookup from what was recorded.
+        fn answer_lookups(&self) {
+            for (id, done) in self.lookups.lock().unwrap().drain(..) {
+                done(self.known.lock().unwrap().get(&id).cloned());
+            }
+        }
+
+        fn finish_records(&self) {
+            for (_, done) in self.records.lock().unwrap().drain(..) {
+                done(());
+            }
+        }
     }
 
     impl FakeHost {
@@ -470,6 +661,16 @@ categories:
         }
         fn set_gauge(&mut self, _: Gauge, _: u64) {}
         fn record(&mut self, _: Histogram, _: u64) {}
+        fn resumer(&mut self) -> Arc<dyn Resumer> {
+            let resumer = Arc::clone(self.resumer.get_or_insert_with(Default::default));
+            resumer as Arc<dyn Resumer>
+        }
+        fn continue_request(&mut self) {
+            self.continued_request = true;
+        }
+        fn continue_response(&mut self) {
+            self.continued_response = true;
+        }
     }
 
     fn router() -> Arc<Router> {
@@ -641,6 +842,83 @@ categories:
                 .as_deref(),
             Some("general")
         );
+    }
+
+    /// Two Envoys sharing one store: what one learns, the other finds, asking off its worker.
+    #[test]
+    fn a_shared_store_is_asked_off_the_worker_and_a_json_answer_waits_for_its_write() {
+        let remote = Arc::new(FakeRemote::default());
+        let shared = || {
+            let mut router = router();
+            router.set_remote(Arc::clone(&remote) as Arc<dyn Remote>);
+            router
+        };
+        let (a, b) = (shared(), shared());
+        let (mut stream, mut host) = post(&a, r#"{"model":"auto","input":"python?"}"#);
+        host.response.insert(":status".into(), "200".into());
+        host.response
+            .insert("content-type".into(), "application/json".into());
+        host.upstream = Some("10.0.0.7:8000".into());
+        host.cluster = Some("code".into());
+        stream.on_response_headers(&mut host, false);
+        host.response_chunk = br#"{"id":"resp_9"}"#.to_vec();
+        assert_eq!(
+            stream.on_response_body(&mut host, true),
+            BodyFlow::Buffer,
+            "the last chunk waits for the shared write"
+        );
+        remote.finish_records();
+        let events = host
+            .resumer
+            .as_ref()
+            .unwrap()
+            .events
+            .lock()
+            .unwrap()
+            .clone();
+        assert_eq!(events, [EVENT_RECORDED]);
+        stream.on_scheduled(&mut host, EVENT_RECORDED);
+        assert!(host.continued_response);
+
+        // The other Envoy has never seen resp_9: its request waits for the shared store...
+        let mut stream = Stream::new(Arc::clone(&b));
+        let mut host = FakeHost::request("GET", "/v1/responses/resp_9", &[]);
+        assert_eq!(
+            stream.on_request_headers(&mut host, true),
+            HeadersFlow::Stop
+        );
+        assert!(
+            !host.route_cleared,
+            "nothing decided before the store answered"
+        );
+        remote.answer_lookups();
+        assert_eq!(
+            host.resumer
+                .as_ref()
+                .unwrap()
+                .events
+                .lock()
+                .unwrap()
+                .clone(),
+            [EVENT_LOOKED_UP]
+        );
+        // ...and goes where the state lives once it answered, now known locally too.
+        stream.on_scheduled(&mut host, EVENT_LOOKED_UP);
+        assert!(host.continued_request);
+        assert_eq!(host.request["x-router-reason"], "affinity");
+        assert_eq!(host.override_host.as_deref(), Some("10.0.0.7:8000"));
+        assert!(b.store().lookup("resp_9").is_some());
+        // A stream that ends first is never woken.
+        let mut stream = Stream::new(Arc::clone(&b));
+        let mut host = FakeHost::request("GET", "/v1/responses/resp_unknown", &[]);
+        assert_eq!(
+            stream.on_request_headers(&mut host, true),
+            HeadersFlow::Stop
+        );
+        let resumer = Arc::clone(host.resumer.as_ref().unwrap());
+        drop(stream);
+        remote.answer_lookups();
+        assert!(resumer.events.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -98,6 +98,17 @@ impl Histogram {
     }
 }
 
+/// Wakes a stream that waits for work done on another thread (Envoy's per-stream scheduler): the
+/// only way another thread may touch a stream.
+pub trait Resumer: Send + Sync {
+    /// From any thread: Envoy calls the stream's `on_scheduled(event)` on its worker thread, or
+    /// nothing if the stream has ended.
+    fn resume(&self, event: u64);
+
+    /// On the stream's worker thread only: releases the scheduler; later resumes do nothing.
+    fn close(&self);
+}
+
 /// Envoy as one stream sees it.
 pub trait Host {
     fn request_header(&self, name: &str) -> Option<String>;
@@ -126,6 +137,13 @@ pub trait Host {
     fn upstream_address(&self) -> Option<String>;
     /// The cluster that served the response.
     fn upstream_cluster(&self) -> Option<String>;
+
+    /// A resumer for this stream (created on first use, then the same one).
+    fn resumer(&mut self) -> std::sync::Arc<dyn Resumer>;
+    /// Lets a request held by a hook go on (after `on_scheduled`).
+    fn continue_request(&mut self);
+    /// Lets a response held by a hook go on (after `on_scheduled`).
+    fn continue_response(&mut self);
 
     fn increment(&mut self, counter: Counter, labels: &[&str]);
     fn set_gauge(&mut self, gauge: Gauge, value: u64);

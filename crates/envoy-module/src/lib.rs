@@ -7,6 +7,7 @@
 //! - [`filter`]: one stream: decide on the headers or the buffered body, carry the decision
 //!   out, learn the created id from the response as it passes.
 //! - [`router`]: what every worker shares: the routing table (hot-reloaded), the store.
+//! - [`shared`]: the store shared with other Envoys, reached off the worker threads.
 //! - `exports`: the hooks Envoy calls, each behind `catch_unwind`.
 //! - [`log`]: Envoy's log.
 //!
@@ -23,3 +24,4 @@ pub mod filter;
 pub mod host;
 pub mod log;
 pub mod router;
+pub mod shared;

@@ -12,6 +12,8 @@ use responses_router_core::affinity::{AffinityStore, MemoryStore, NoStore};
 use responses_router_core::config::{self, Compiled, RoutingTable, Settings};
 use serde::Deserialize;
 
+use crate::shared::Remote;
+
 /// The filter's own config (`filter_config` in Envoy's YAML): a `google.protobuf.Struct` (Envoy
 /// hands it over as JSON) or a `StringValue` holding the path of the routing YAML.
 #[derive(Debug, Deserialize)]
@@ -37,6 +39,8 @@ pub struct Router {
     table: RwLock<Arc<RoutingTable>>,
     settings: Settings,
     store: Box<dyn AffinityStore>,
+    /// The store shared with other Envoys, when `affinity.redis_url` is set.
+    remote: Option<Arc<dyn Remote>>,
     generation: AtomicU64,
     /// Reload outcomes not yet exported as stats (the reload thread cannot touch Envoy's stats;
     /// the next stream on a worker publishes them).
@@ -100,6 +104,7 @@ impl Router {
             table: RwLock::new(Arc::new(compiled.table)),
             settings: compiled.settings,
             store,
+            remote: None,
             generation: AtomicU64::new(1),
             unpublished_ok: AtomicU64::new(1),
             unpublished_rejected: AtomicU64::new(0),
@@ -116,6 +121,20 @@ impl Router {
     /// The affinity store shared by every worker.
     pub fn store(&self) -> &dyn AffinityStore {
         self.store.as_ref()
+    }
+
+    /// The shared store, when there is one.
+    pub fn remote(&self) -> Option<&Arc<dyn Remote>> {
+        self.remote.as_ref()
+    }
+
+    /// Shares learned locations through `remote` (tests; `from_filter_config` builds the real
+    /// one from the settings).
+    #[cfg(test)]
+    pub fn set_remote(self: &mut Arc<Router>, remote: Arc<dyn Remote>) {
+        if let Some(router) = Arc::get_mut(self) {
+            router.remote = Some(remote);
+        }
     }
 
     /// The generation of the table in force.
