@@ -16,6 +16,9 @@ Run through `bench/e2e` (which builds and installs everything first). Everything
   (d)     the router inside Envoy (deploy/envoy-module.yaml with the release module): the same
           `model: "auto"` requests and continuations as (b).
 
+The routers run the shipped routing.yaml with production's one difference (the production overlay's
+`RESPONSES_ROUTER__EXPOSE_DECISION=false`): clients are not told the decision.
+
 Per target: maximum throughput (oha at fixed concurrency), p50/p99 at fixed rates (oha -q with
 latency correction), a latency-vs-offered-load sweep, and streaming time to first byte (httpx,
 interleaved over the targets). Runs of a/b/c alternate so machine noise hits all alike. Writes
@@ -52,6 +55,9 @@ DOCS_PNG = ROOT / "docs" / "latency_vs_load.png"
 NEW_TEXT = "Write a short story about a lighthouse keeper and a storm."
 CONT_TEXT = "Continue the story: what does the keeper find on the beach the next morning?"
 MODEL = "story-model"
+
+# Both routers, as the production overlay runs them: warnings only, no decision headers for clients.
+ROUTER_ENV = {**os.environ, "RESPONSES_ROUTER_LOG": "warn", "RESPONSES_ROUTER__EXPOSE_DECISION": "false"}
 
 # Offered loads of the latency sweep (req/s); a target stops once it cannot keep up.
 SWEEP_FAST = [25, 100, 200, 500, 1000, 2000, 4000, 8000]
@@ -132,8 +138,7 @@ class Bench:
         # (b) the shipped stack; (a) the bare Envoy on the same simulators (its own listener/admin).
         router_admin, = free_ports(1)
         self.router_admin = router_admin
-        router = start_router(binary, ports["router"], router_admin, work,
-                              env={**os.environ, "RESPONSES_ROUTER_LOG": "warn"})
+        router = start_router(binary, ports["router"], router_admin, work, env=ROUTER_ENV)
         self.procs.append(router)
         shipped = ENVOY_YAML.read_text()
         env_b = start_envoy(a.envoy, "envoy-b", shipped, ports, work, a.envoy_concurrency)
@@ -150,7 +155,7 @@ class Bench:
         # (d) the module inside Envoy, on the same simulators (its own listener/admin).
         ports_d = {**ports, **dict(zip(("listener", "admin"), free_ports(2)))}
         env_d = start_envoy(a.envoy, "envoy-d", render_gateway("module", ports_d), ports_d, work,
-                            a.envoy_concurrency, rendered=True, env=gateway_env("module", binary))
+                            a.envoy_concurrency, rendered=True, env=gateway_env("module", binary, ROUTER_ENV))
         self.procs.append(env_d)
         self.urls["d-new"] = self.urls["d-cont"] = f"http://127.0.0.1:{ports_d['listener']}/v1/responses"
         self.proxies["d"] = [("envoy-d", env_d)]

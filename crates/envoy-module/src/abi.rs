@@ -50,7 +50,7 @@ pub struct ModuleHttpHeader {
     pub value_length: usize,
 }
 
-/// A header owned by Envoy (same layout); only in the callout/stream hooks the router stubs.
+/// A header owned by Envoy (same layout).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct EnvoyHttpHeader {
@@ -139,6 +139,16 @@ unsafe extern "C" {
         result: *mut EnvoyBuffer,
         index: usize,
         optional_size: *mut usize,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_get_headers_size(
+        filter: HttpFilterEnvoyPtr,
+        header_type: HeaderType,
+    ) -> usize;
+    /// `result` must hold `get_headers_size` entries (pseudo-headers included).
+    pub fn envoy_dynamic_module_callback_http_get_headers(
+        filter: HttpFilterEnvoyPtr,
+        header_type: HeaderType,
+        result: *mut EnvoyHttpHeader,
     ) -> bool;
     /// Replaces every value of `key`; a null `value.ptr` removes the header.
     pub fn envoy_dynamic_module_callback_http_set_header(

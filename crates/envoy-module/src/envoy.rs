@@ -265,8 +265,47 @@ impl<'a> EnvoyHost<'a> {
 }
 
 impl Host for EnvoyHost<'_> {
-    fn request_header(&self, name: &str) -> Option<String> {
-        self.header(abi::HEADER_REQUEST, name)
+    fn request_header_values(&self, names: &[&str]) -> Vec<Option<String>> {
+        let mut values = vec![None; names.len()];
+        // SAFETY: see the type's contract; the array holds `n` entries, and only the wanted values
+        // are copied, before anything changes.
+        unsafe {
+            let n = abi::envoy_dynamic_module_callback_http_get_headers_size(
+                self.filter,
+                abi::HEADER_REQUEST,
+            );
+            let empty = abi::EnvoyHttpHeader {
+                key_ptr: std::ptr::null(),
+                key_length: 0,
+                value_ptr: std::ptr::null(),
+                value_length: 0,
+            };
+            let mut all = vec![empty; n];
+            if n == 0
+                || !abi::envoy_dynamic_module_callback_http_get_headers(
+                    self.filter,
+                    abi::HEADER_REQUEST,
+                    all.as_mut_ptr(),
+                )
+            {
+                return values;
+            }
+            for header in &all {
+                if header.key_ptr.is_null() {
+                    continue;
+                }
+                let key = std::slice::from_raw_parts(header.key_ptr, header.key_length);
+                if let Some(i) = names.iter().position(|n| n.as_bytes() == key)
+                    && values[i].is_none()
+                {
+                    values[i] = Some(owned(EnvoyBuffer {
+                        ptr: header.value_ptr,
+                        length: header.value_length,
+                    }));
+                }
+            }
+        }
+        values
     }
 
     fn set_request_header(&mut self, name: &str, value: &str) {

@@ -36,6 +36,16 @@ pub const EVENT_LOOKED_UP: u64 = 1;
 /// `on_scheduled` event: the shared store took a JSON answer's id.
 pub const EVENT_RECORDED: u64 = 2;
 
+/// The request headers the decision reads, in the order `on_request_headers` takes them.
+const READ_HEADERS: [&str; 6] = [
+    ":method",
+    ":path",
+    "upgrade",
+    "x-request-id",
+    "content-encoding",
+    "content-length",
+];
+
 /// What Envoy should do after a headers hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeadersFlow {
@@ -127,19 +137,32 @@ impl Stream {
 
     pub fn on_request_headers(&mut self, host: &mut impl Host, end_of_stream: bool) -> HeadersFlow {
         let started = Instant::now();
-        let method = host.request_header(":method").unwrap_or_default();
-        let path = host.request_header(":path").unwrap_or_default();
-        let upgrade = host
-            .request_header("upgrade")
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-        self.request_id = host.request_header("x-request-id").unwrap_or_default();
-        let head_encoding = host.request_header("content-encoding");
-        let content_length = host.request_header("content-length");
-        // No client header may choose an upstream: every routing header goes before anything else.
-        for name in ROUTING_HEADERS {
-            host.remove_request_header(name);
+        // One read of the header map for every header the decision needs and every routing
+        // header a client may have sent.
+        let mut names = [""; READ_HEADERS.len() + ROUTING_HEADERS.len()];
+        names[..READ_HEADERS.len()].copy_from_slice(&READ_HEADERS);
+        names[READ_HEADERS.len()..].copy_from_slice(&ROUTING_HEADERS);
+        let values = host.request_header_values(&names);
+        let [
+            method,
+            path,
+            upgrade,
+            request_id,
+            head_encoding,
+            content_length,
+        ] = std::array::from_fn(|i| values[i].as_deref());
+        let method = method.unwrap_or_default();
+        let path = path.unwrap_or_default();
+        let upgrade = upgrade.is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        self.request_id = request_id.unwrap_or_default().to_owned();
+        // No client header may choose an upstream: every routing header present goes before
+        // anything else (so later, every routing header this stream does not set is absent).
+        for (name, value) in ROUTING_HEADERS.iter().zip(&values[READ_HEADERS.len()..]) {
+            if value.is_some() {
+                host.remove_request_header(name);
+            }
         }
-        let kind = RequestKind::from_request(&method, &path, upgrade);
+        let kind = RequestKind::from_request(method, path, upgrade);
         match routing::answer_locally(&self.table, &kind) {
             Some(Ok(reply)) => {
                 host.increment(Counter::Answered, &[kind.name()]);
@@ -155,10 +178,8 @@ impl Stream {
             None => {}
         }
         let head = RequestHead {
-            content_encoding: head_encoding.as_deref(),
-            content_length: content_length
-                .as_deref()
-                .and_then(|v| v.trim().parse().ok()),
+            content_encoding: head_encoding,
+            content_length: content_length.and_then(|v| v.trim().parse().ok()),
         };
         if let Err(error) = routing::check_head(&self.table, &kind, head) {
             return self.refuse(host, &error);
@@ -286,10 +307,9 @@ impl Stream {
                 self.capture = None;
                 self.router.store().record(&id, &location);
                 host.increment(Counter::LearnedIds, &[if sse { "sse" } else { "json" }]);
-                crate::log::debug(&format!(
-                    "learned {id} on {} ({:?})",
-                    location.cluster, location.host
-                ));
+                crate::log::debug(|| {
+                    format!("learned {id} on {} ({:?})", location.cluster, location.host)
+                });
                 if let Some(remote) = self.router.remote().cloned() {
                     if sse {
                         // A stream never waits: the id is shared as soon as the store can.
@@ -403,12 +423,11 @@ impl Stream {
     /// Carries the decision out: routing headers, the pinned host, the rewritten body, a route
     /// re-pick; counts it and remembers what to watch on the response.
     fn carry_out(&mut self, host: &mut impl Host, decision: &Decision, declared_length: bool) {
+        // Only sets: the changes' removals are routing headers, all removed on arrival.
         let changes = headers::request_headers(decision, declared_length);
+        debug_assert!(changes.remove.iter().all(|h| ROUTING_HEADERS.contains(h)));
         for (name, value) in &changes.set {
             host.set_request_header(name, value);
-        }
-        for name in &changes.remove {
-            host.remove_request_header(name);
         }
         if let Some(body) = &decision.body {
             host.replace_request_body(body);
@@ -430,15 +449,17 @@ impl Stream {
         if let Some(outcome) = decision.affinity() {
             host.increment(Counter::Affinity, &[outcome.as_str()]);
         }
-        crate::log::debug(&format!(
-            "routed {} {}: model={} cluster={} reason={} request_id={}",
-            decision.kind.name(),
-            decision.category().unwrap_or_default(),
-            decision.model().unwrap_or_default(),
-            decision.target.cluster,
-            decision.reason().as_str(),
-            self.request_id
-        ));
+        crate::log::debug(|| {
+            format!(
+                "routed {} {}: model={} cluster={} reason={} request_id={}",
+                decision.kind.name(),
+                decision.category().unwrap_or_default(),
+                decision.model().unwrap_or_default(),
+                decision.target.cluster,
+                decision.reason().as_str(),
+                self.request_id
+            )
+        });
         self.watching = match decision.watch {
             Watch::Response {
                 learn,
@@ -608,8 +629,11 @@ categories:
     }
 
     impl Host for FakeHost {
-        fn request_header(&self, name: &str) -> Option<String> {
-            self.request.get(name).cloned()
+        fn request_header_values(&self, names: &[&str]) -> Vec<Option<String>> {
+            names
+                .iter()
+                .map(|n| self.request.get(*n).cloned())
+                .collect()
         }
         fn set_request_header(&mut self, name: &str, value: &str) {
             self.request.insert(name.into(), value.into());

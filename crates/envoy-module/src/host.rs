@@ -111,7 +111,9 @@ pub trait Resumer: Send + Sync {
 
 /// Envoy as one stream sees it.
 pub trait Host {
-    fn request_header(&self, name: &str) -> Option<String>;
+    /// The first value of each of `names` (lower-case) among the request headers, in one read
+    /// of the header map.
+    fn request_header_values(&self, names: &[&str]) -> Vec<Option<String>>;
     fn set_request_header(&mut self, name: &str, value: &str);
     fn remove_request_header(&mut self, name: &str);
     fn response_header(&self, name: &str) -> Option<String>;

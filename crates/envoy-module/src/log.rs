@@ -7,15 +7,13 @@ fn write(level: crate::abi::LogLevel, message: &str) {
     let line = format!("responses-router: {message}");
     // SAFETY: Envoy copies the bytes before returning; the buffer outlives the call.
     unsafe {
-        if abi::envoy_dynamic_module_callback_log_enabled(level) {
-            abi::envoy_dynamic_module_callback_log(
-                level,
-                abi::ModuleBuffer {
-                    ptr: line.as_ptr(),
-                    length: line.len(),
-                },
-            );
-        }
+        abi::envoy_dynamic_module_callback_log(
+            level,
+            abi::ModuleBuffer {
+                ptr: line.as_ptr(),
+                length: line.len(),
+            },
+        );
     }
 }
 
@@ -24,8 +22,23 @@ fn write(_level: u32, message: &str) {
     eprintln!("responses-router: {message}");
 }
 
-pub fn debug(message: &str) {
-    write(crate::abi::LOG_DEBUG, message);
+/// Formats and writes `message()` only when Envoy logs at debug level (a request's hot path pays
+/// for no string it does not log).
+pub fn debug(message: impl FnOnce() -> String) {
+    if enabled(crate::abi::LOG_DEBUG) {
+        write(crate::abi::LOG_DEBUG, &message());
+    }
+}
+
+#[cfg(not(test))]
+fn enabled(level: crate::abi::LogLevel) -> bool {
+    // SAFETY: a plain query, callable from any hook.
+    unsafe { crate::abi::envoy_dynamic_module_callback_log_enabled(level) }
+}
+
+#[cfg(test)]
+fn enabled(_level: u32) -> bool {
+    true
 }
 
 pub fn info(message: &str) {
