@@ -70,6 +70,8 @@ pub type HttpFilterEnvoyPtr = *mut c_void;
 pub type HttpFilterModulePtr = *const c_void;
 /// A scheduler: created by Envoy for a stream, owned by the module, released with `delete`.
 pub type HttpFilterSchedulerPtr = *mut c_void;
+/// A filter config's scheduler: like a stream's, but its events run on Envoy's main thread.
+pub type HttpFilterConfigSchedulerPtr = *mut c_void;
 
 /// `envoy_dynamic_module_type_http_header_type`.
 pub type HeaderType = u32;
@@ -150,6 +152,13 @@ unsafe extern "C" {
         header_type: HeaderType,
         result: *mut EnvoyHttpHeader,
     ) -> bool;
+    /// Appends a value, without looking for an existing one.
+    pub fn envoy_dynamic_module_callback_http_add_header(
+        filter: HttpFilterEnvoyPtr,
+        header_type: HeaderType,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
     /// Replaces every value of `key`; a null `value.ptr` removes the header.
     pub fn envoy_dynamic_module_callback_http_set_header(
         filter: HttpFilterEnvoyPtr,
@@ -225,6 +234,18 @@ unsafe extern "C" {
     pub fn envoy_dynamic_module_callback_http_filter_scheduler_delete(
         scheduler: HttpFilterSchedulerPtr,
     );
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        config: HttpFilterConfigEnvoyPtr,
+    ) -> HttpFilterConfigSchedulerPtr;
+    /// May be called from any thread: leads to `on_http_filter_config_scheduled(.., event_id)` on
+    /// the main thread (a no-op once the config is gone).
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler: HttpFilterConfigSchedulerPtr,
+        event_id: u64,
+    );
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+        scheduler: HttpFilterConfigSchedulerPtr,
+    );
     pub fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: HttpFilterEnvoyPtr);
     pub fn envoy_dynamic_module_callback_http_filter_continue_encoding(filter: HttpFilterEnvoyPtr);
 
@@ -258,8 +279,16 @@ unsafe extern "C" {
         label_values_len: usize,
         value: u64,
     ) -> MetricsResult;
-    pub fn envoy_dynamic_module_callback_http_filter_set_gauge(
-        filter: HttpFilterEnvoyPtr,
+    /// The config-level forms: usable outside any stream (here, on the main thread).
+    pub fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: HttpFilterConfigEnvoyPtr,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_len: usize,
+        value: u64,
+    ) -> MetricsResult;
+    pub fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        config: HttpFilterConfigEnvoyPtr,
         id: usize,
         label_values: *const ModuleBuffer,
         label_values_len: usize,
@@ -292,6 +321,9 @@ pub type OnTrailers = unsafe extern "C" fn(HttpFilterEnvoyPtr, HttpFilterModuleP
 pub type OnStreamComplete = unsafe extern "C" fn(HttpFilterEnvoyPtr, HttpFilterModulePtr);
 pub type OnFilterDestroy = unsafe extern "C" fn(HttpFilterModulePtr);
 pub type OnScheduled = unsafe extern "C" fn(HttpFilterEnvoyPtr, HttpFilterModulePtr, u64);
+/// Optional: Envoy calls it only for a module that made a config scheduler.
+pub type OnConfigScheduled =
+    unsafe extern "C" fn(HttpFilterConfigEnvoyPtr, HttpFilterConfigModulePtr, u64);
 pub type OnCalloutDone = unsafe extern "C" fn(
     HttpFilterEnvoyPtr,
     HttpFilterModulePtr,

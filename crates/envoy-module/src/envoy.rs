@@ -3,11 +3,12 @@
 //! is valid for the hook being run (on that stream's worker thread), and bytes Envoy lends are
 //! copied before the hook returns or anything is changed.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::abi::{self, EnvoyBuffer, HttpFilterConfigEnvoyPtr, HttpFilterEnvoyPtr, ModuleBuffer};
 use crate::host::{Counter, Gauge, Histogram, Host, Resumer};
+use crate::tally::Tally;
 
 fn buffer(bytes: &[u8]) -> ModuleBuffer {
     ModuleBuffer {
@@ -35,11 +36,13 @@ unsafe fn owned(b: EnvoyBuffer) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// The metric ids Envoy gave this filter config.
+/// The metric ids Envoy gave this filter config (indexed by the metric's position in its `ALL`),
+/// and the counter increments waiting for the main thread to publish them.
 pub struct Stats {
-    counters: HashMap<Counter, usize>,
-    gauges: HashMap<Gauge, usize>,
-    histograms: HashMap<Histogram, usize>,
+    counters: [usize; Counter::ALL.len()],
+    gauges: [usize; Gauge::ALL.len()],
+    histograms: [usize; Histogram::ALL.len()],
+    tally: Arc<Tally>,
 }
 
 impl Stats {
@@ -53,7 +56,7 @@ impl Stats {
             *mut usize,
         ) -> abi::MetricsResult;
         let define = |f: Define, name: &str, labels: &[&str]| -> Result<usize, String> {
-            let labels: Vec<ModuleBuffer> = labels.iter().map(|l| buffer(l.as_bytes())).collect();
+            let labels = labels_of(labels);
             let mut id = 0usize;
             // SAFETY: `config` is the pointer Envoy passed to config_new; the buffers outlive the
             // call and Envoy copies them.
@@ -73,36 +76,163 @@ impl Stats {
             }
         };
         let mut stats = Stats {
-            counters: HashMap::new(),
-            gauges: HashMap::new(),
-            histograms: HashMap::new(),
+            counters: [0; Counter::ALL.len()],
+            gauges: [0; Gauge::ALL.len()],
+            histograms: [0; Histogram::ALL.len()],
+            tally: Arc::default(),
         };
-        for counter in Counter::ALL {
-            let id = define(
+        for (slot, counter) in stats.counters.iter_mut().zip(Counter::ALL) {
+            *slot = define(
                 abi::envoy_dynamic_module_callback_http_filter_config_define_counter,
                 counter.name(),
                 counter.labels(),
             )?;
-            stats.counters.insert(counter, id);
         }
-        for gauge in Gauge::ALL {
-            let id = define(
+        for (slot, gauge) in stats.gauges.iter_mut().zip(Gauge::ALL) {
+            *slot = define(
                 abi::envoy_dynamic_module_callback_http_filter_config_define_gauge,
                 gauge.name(),
                 &[],
             )?;
-            stats.gauges.insert(gauge, id);
         }
-        for histogram in Histogram::ALL {
-            let id = define(
+        for (slot, histogram) in stats.histograms.iter_mut().zip(Histogram::ALL) {
+            *slot = define(
                 abi::envoy_dynamic_module_callback_http_filter_config_define_histogram,
                 histogram.name(),
                 &[],
             )?;
-            stats.histograms.insert(histogram, id);
         }
         Ok(stats)
     }
+
+    /// Where streams count (published later, by [`Stats::publish`]).
+    pub fn tally(&self) -> &Arc<Tally> {
+        &self.tally
+    }
+
+    /// Hands Envoy the counts gathered since the last call, and the gauges' current values.
+    ///
+    /// # Safety
+    /// `config` must be this filter config's Envoy pointer, on Envoy's main thread.
+    pub unsafe fn publish(&self, config: HttpFilterConfigEnvoyPtr, gauges: &[(Gauge, u64)]) {
+        for (counter, labels, count) in self.tally.take() {
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            let labels = labels_of(&labels);
+            // SAFETY: the caller's contract; Envoy copies the label buffers.
+            unsafe {
+                abi::envoy_dynamic_module_callback_http_filter_config_increment_counter(
+                    config,
+                    self.counters[counter as usize],
+                    labels.as_ptr(),
+                    labels.len(),
+                    count,
+                );
+            }
+        }
+        for &(gauge, value) in gauges {
+            // SAFETY: the caller's contract.
+            unsafe {
+                abi::envoy_dynamic_module_callback_http_filter_config_set_gauge(
+                    config,
+                    self.gauges[gauge as usize],
+                    std::ptr::null(),
+                    0,
+                    value,
+                );
+            }
+        }
+    }
+}
+
+/// How often the publisher thread looks for counts to publish, and the longest gauges wait.
+const PUBLISH_TICK: Duration = Duration::from_millis(100);
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
+
+/// The event id of a publication on the config's scheduler.
+pub const PUBLISH_EVENT: u64 = 1;
+
+/// Asks Envoy's main thread to publish the stats (`on_http_filter_config_scheduled`): within
+/// [`PUBLISH_TICK`] of a count, and at least every [`GAUGES_EVERY`]. Its thread only commits
+/// events, the one thing the ABI lets another thread do; the scheduler pointer sits behind a lock
+/// so that no commit can follow its deletion.
+pub struct Publisher {
+    scheduler: Mutex<usize>,
+}
+
+impl Publisher {
+    /// # Safety
+    /// `config` must be the pointer Envoy passed to `on_http_filter_config_new` (main thread).
+    pub unsafe fn start(config: HttpFilterConfigEnvoyPtr, tally: Arc<Tally>) -> Arc<Publisher> {
+        // SAFETY: the caller's contract.
+        let scheduler =
+            unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_new(config) };
+        let publisher = Arc::new(Publisher {
+            scheduler: Mutex::new(scheduler as usize),
+        });
+        let weak = Arc::downgrade(&publisher);
+        let spawned = std::thread::Builder::new()
+            .name("rr-stats".to_owned())
+            .spawn(move || {
+                let mut gauges_at = Instant::now();
+                loop {
+                    std::thread::sleep(PUBLISH_TICK);
+                    let Some(publisher) = weak.upgrade() else {
+                        return;
+                    };
+                    let due = gauges_at.elapsed() >= GAUGES_EVERY;
+                    if !(due || tally.pending()) {
+                        continue;
+                    }
+                    if due {
+                        gauges_at = Instant::now();
+                    }
+                    if !publisher.commit() {
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            crate::log::error(&format!(
+                "no stats thread ({e}): the module's stats stay at 0"
+            ));
+        }
+        publisher
+    }
+
+    /// Posts a publication to the main thread; `false` once stopped.
+    fn commit(&self) -> bool {
+        let scheduler = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+        if *scheduler == 0 {
+            return false;
+        }
+        // SAFETY: the scheduler is live (checked under the lock), and commit may be called from
+        // any thread.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+                *scheduler as abi::HttpFilterConfigSchedulerPtr,
+                PUBLISH_EVENT,
+            );
+        }
+        true
+    }
+
+    /// Releases the scheduler (main thread, as the config is destroyed); the thread then ends.
+    pub fn stop(&self) {
+        let mut scheduler = self.scheduler.lock().unwrap_or_else(|p| p.into_inner());
+        if *scheduler != 0 {
+            // SAFETY: created by `start`, deleted once (set to 0 under the lock).
+            unsafe {
+                abi::envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+                    *scheduler as abi::HttpFilterConfigSchedulerPtr,
+                );
+            }
+            *scheduler = 0;
+        }
+    }
+}
+
+fn labels_of(values: &[&str]) -> Vec<ModuleBuffer> {
+    values.iter().map(|v| buffer(v.as_bytes())).collect()
 }
 
 /// A stream's scheduler. Only `commit` may be called off the worker, so the pointer sits behind
@@ -258,10 +388,6 @@ impl<'a> EnvoyHost<'a> {
             .filter(|s| !s.is_empty())
         }
     }
-
-    fn labels(values: &[&str]) -> Vec<ModuleBuffer> {
-        values.iter().map(|v| buffer(v.as_bytes())).collect()
-    }
 }
 
 impl Host for EnvoyHost<'_> {
@@ -310,6 +436,18 @@ impl Host for EnvoyHost<'_> {
 
     fn set_request_header(&mut self, name: &str, value: &str) {
         self.set(abi::HEADER_REQUEST, name, Some(value));
+    }
+
+    fn add_request_header(&mut self, name: &str, value: &str) {
+        // SAFETY: see the type's contract; Envoy copies the buffers.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_add_header(
+                self.filter,
+                abi::HEADER_REQUEST,
+                buffer(name.as_bytes()),
+                buffer(value.as_bytes()),
+            );
+        }
     }
 
     fn remove_request_header(&mut self, name: &str) {
@@ -446,47 +584,15 @@ impl Host for EnvoyHost<'_> {
     }
 
     fn increment(&mut self, counter: Counter, labels: &[&str]) {
-        let Some(&id) = self.stats.counters.get(&counter) else {
-            return;
-        };
-        let labels = Self::labels(labels);
-        // SAFETY: see the type's contract; the label buffers outlive the call.
-        unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_increment_counter(
-                self.filter,
-                id,
-                labels.as_ptr(),
-                labels.len(),
-                1,
-            );
-        }
-    }
-
-    fn set_gauge(&mut self, gauge: Gauge, value: u64) {
-        let Some(&id) = self.stats.gauges.get(&gauge) else {
-            return;
-        };
-        // SAFETY: see the type's contract.
-        unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_set_gauge(
-                self.filter,
-                id,
-                std::ptr::null(),
-                0,
-                value,
-            );
-        }
+        self.stats.tally.add(counter, labels);
     }
 
     fn record(&mut self, histogram: Histogram, value: u64) {
-        let Some(&id) = self.stats.histograms.get(&histogram) else {
-            return;
-        };
         // SAFETY: see the type's contract.
         unsafe {
             abi::envoy_dynamic_module_callback_http_filter_record_histogram_value(
                 self.filter,
-                id,
+                self.stats.histograms[histogram as usize],
                 std::ptr::null(),
                 0,
                 value,

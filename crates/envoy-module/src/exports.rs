@@ -7,14 +7,12 @@
 use std::ffi::c_char;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use responses_router_core::ApiError;
 
 use crate::abi::{self, EnvoyBuffer, HttpFilterConfigEnvoyPtr, HttpFilterConfigModulePtr};
 use crate::abi::{HttpFilterEnvoyPtr, HttpFilterModulePtr};
-use crate::envoy::{EnvoyHost, Hook, Stats};
+use crate::envoy::{EnvoyHost, Hook, Publisher, Stats};
 use crate::filter::{self, BodyFlow, HeadersFlow, Stream};
 use crate::host::{Counter, Gauge, Host};
 use crate::router::Router;
@@ -23,8 +21,7 @@ use crate::router::Router;
 struct FilterConfig {
     router: Arc<Router>,
     stats: Stats,
-    /// Unix second of the last store-size publication (one per second is plenty).
-    published_store_at: AtomicU64,
+    publisher: Arc<Publisher>,
 }
 
 /// The module's object for one stream.
@@ -110,10 +107,13 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             unsafe { std::slice::from_raw_parts(config.ptr, config.length) }
         };
         let built = Router::from_filter_config(bytes).and_then(|router| {
+            let stats = Stats::define(config_envoy)?;
+            // SAFETY: Envoy's config pointer, in config_new on the main thread.
+            let publisher = unsafe { Publisher::start(config_envoy, Arc::clone(stats.tally())) };
             Ok(FilterConfig {
                 router,
-                stats: Stats::define(config_envoy)?,
-                published_store_at: AtomicU64::new(0),
+                stats,
+                publisher,
             })
         });
         match built {
@@ -138,6 +138,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
             // SAFETY: this is the box `config_new` leaked, destroyed once, by Envoy.
             let config = unsafe { Box::from_raw(config as *mut FilterConfig) };
             config.router.stop();
+            config.publisher.stop();
         }
     })
 }
@@ -145,14 +146,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     config: HttpFilterConfigModulePtr,
-    envoy: HttpFilterEnvoyPtr,
+    _envoy: HttpFilterEnvoyPtr,
 ) -> HttpFilterModulePtr {
     guarded("filter_new", std::ptr::null(), || {
         // SAFETY: `config` is the live `FilterConfig` this module made.
         let shared = unsafe { &*(config as *const FilterConfig) };
-        // SAFETY: `envoy` is this stream's filter, on its worker thread.
-        let mut host = unsafe { EnvoyHost::new(envoy, &shared.stats, Hook::Other) };
-        publish(shared, &mut host);
         let filter = Filter {
             config: config as *const FilterConfig,
             stream: Stream::new(Arc::clone(&shared.router)),
@@ -161,24 +159,38 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     })
 }
 
-/// Exports what the reload thread and the shared store cannot report themselves (they must not
+/// Publishes the stats on the main thread (the [`Publisher`] asks for it): counts the streams
+/// gathered, and what the reload thread and the store cannot report themselves (they must not
 /// touch Envoy from their own threads): reload outcomes, the generation, the store's size.
-fn publish(config: &FilterConfig, host: &mut EnvoyHost<'_>) {
-    let router = &config.router;
-    let (ok, rejected) = router.take_reloads();
-    for _ in 0..ok {
-        host.increment(Counter::ConfigReloads, &["ok"]);
-    }
-    for _ in 0..rejected {
-        host.increment(Counter::ConfigReloads, &["rejected"]);
-    }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    if config.published_store_at.swap(now, Ordering::Relaxed) != now {
-        host.set_gauge(Gauge::ConfigGeneration, router.generation());
-        host.set_gauge(Gauge::StoreEntries, router.store().len() as u64);
-    }
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    config_envoy: HttpFilterConfigEnvoyPtr,
+    config: HttpFilterConfigModulePtr,
+    _event_id: u64,
+) {
+    guarded("config_scheduled", (), || {
+        if config.is_null() {
+            return;
+        }
+        // SAFETY: the live `FilterConfig` this module made (Envoy does not call this hook for a
+        // destroyed config).
+        let config = unsafe { &*(config as *const FilterConfig) };
+        let router = &config.router;
+        let tally = config.stats.tally();
+        let (ok, rejected) = router.take_reloads();
+        for _ in 0..ok {
+            tally.add(Counter::ConfigReloads, &["ok"]);
+        }
+        for _ in 0..rejected {
+            tally.add(Counter::ConfigReloads, &["rejected"]);
+        }
+        let gauges = [
+            (Gauge::ConfigGeneration, router.generation()),
+            (Gauge::StoreEntries, router.store().len() as u64),
+        ];
+        // SAFETY: Envoy's pointer for this config, on the main thread.
+        unsafe { config.stats.publish(config_envoy, &gauges) };
+    })
 }
 
 #[unsafe(no_mangle)]
@@ -468,6 +480,7 @@ const _: () = {
     let _: abi::OnStreamComplete = envoy_dynamic_module_on_http_filter_stream_complete;
     let _: abi::OnFilterDestroy = envoy_dynamic_module_on_http_filter_destroy;
     let _: abi::OnScheduled = envoy_dynamic_module_on_http_filter_scheduled;
+    let _: abi::OnConfigScheduled = envoy_dynamic_module_on_http_filter_config_scheduled;
     let _: abi::OnLocalReply = envoy_dynamic_module_on_http_filter_local_reply;
     let _: abi::OnCalloutDone = envoy_dynamic_module_on_http_filter_http_callout_done;
     let _: abi::OnStreamHeaders = envoy_dynamic_module_on_http_filter_http_stream_headers;

@@ -423,11 +423,16 @@ impl Stream {
     /// Carries the decision out: routing headers, the pinned host, the rewritten body, a route
     /// re-pick; counts it and remembers what to watch on the response.
     fn carry_out(&mut self, host: &mut impl Host, decision: &Decision, declared_length: bool) {
-        // Only sets: the changes' removals are routing headers, all removed on arrival.
+        // The routing headers were all removed on arrival: they are added (nothing to look for,
+        // nothing to remove), the others set.
         let changes = headers::request_headers(decision, declared_length);
         debug_assert!(changes.remove.iter().all(|h| ROUTING_HEADERS.contains(h)));
         for (name, value) in &changes.set {
-            host.set_request_header(name, value);
+            if ROUTING_HEADERS.contains(name) {
+                host.add_request_header(name, value);
+            } else {
+                host.set_request_header(name, value);
+            }
         }
         if let Some(body) = &decision.body {
             host.replace_request_body(body);
@@ -513,7 +518,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::host::{Gauge, Host};
+    use crate::host::Host;
     use crate::shared::{Done, Remote};
 
     const YAML: &str = r#"
@@ -638,6 +643,10 @@ categories:
         fn set_request_header(&mut self, name: &str, value: &str) {
             self.request.insert(name.into(), value.into());
         }
+        fn add_request_header(&mut self, name: &str, value: &str) {
+            let old = self.request.insert(name.into(), value.into());
+            assert!(old.is_none(), "{name} added to a request that has it");
+        }
         fn remove_request_header(&mut self, name: &str) {
             self.request.remove(name);
         }
@@ -683,7 +692,6 @@ categories:
             self.counted
                 .push((counter, labels.iter().map(|l| (*l).to_owned()).collect()));
         }
-        fn set_gauge(&mut self, _: Gauge, _: u64) {}
         fn record(&mut self, _: Histogram, _: u64) {}
         fn resumer(&mut self) -> Arc<dyn Resumer> {
             let resumer = Arc::clone(self.resumer.get_or_insert_with(Default::default));

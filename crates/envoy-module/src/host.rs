@@ -115,6 +115,9 @@ pub trait Host {
     /// of the header map.
     fn request_header_values(&self, names: &[&str]) -> Vec<Option<String>>;
     fn set_request_header(&mut self, name: &str, value: &str);
+    /// Adds a header the request is known not to have: cheaper than a set, which first looks
+    /// for the old value.
+    fn add_request_header(&mut self, name: &str, value: &str);
     fn remove_request_header(&mut self, name: &str);
     fn response_header(&self, name: &str) -> Option<String>;
     fn set_response_header(&mut self, name: &str, value: &str);
@@ -148,6 +151,5 @@ pub trait Host {
     fn continue_response(&mut self);
 
     fn increment(&mut self, counter: Counter, labels: &[&str]);
-    fn set_gauge(&mut self, gauge: Gauge, value: u64);
     fn record(&mut self, histogram: Histogram, value: u64);
 }

@@ -2,7 +2,8 @@
 //! inside Envoy's own process, so a request costs Envoy no gRPC stream and no extra messages.
 //!
 //! - [`abi`]: the raw `extern "C"` surface of Envoy 1.40's dynamic-module ABI (the subset used).
-//! - `envoy`: safe wrappers over it (the stream's [`host::Host`], the stats ids).
+//! - `envoy`: safe wrappers over it (the stream's [`host::Host`], the stats and their publisher).
+//! - [`tally`]: counter increments gathered between publications (the ABI's are costly).
 //! - [`host`]: what the per-stream logic needs from Envoy, as a trait (unit tests fake it).
 //! - [`filter`]: one stream: decide on the headers or the buffered body, carry the decision
 //!   out, learn the created id from the response as it passes.
@@ -25,3 +26,4 @@ pub mod host;
 pub mod log;
 pub mod router;
 pub mod shared;
+pub mod tally;
