@@ -314,6 +314,11 @@ pub fn incoming(
                         metrics.tls_handshake("ok");
                         let _ = tx.send(Ok(stream)).await;
                     }
+                    // Connected and left without a word: a TCP port check or a scanner.
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        metrics.tls_handshake("closed");
+                        tracing::debug!(%peer, "TLS connection closed before a handshake: {e}");
+                    }
                     Ok(Err(e)) => {
                         metrics.tls_handshake("failed");
                         tracing::warn!(%peer, "TLS handshake refused: {e}");

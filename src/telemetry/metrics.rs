@@ -182,7 +182,8 @@ impl Default for Metrics {
         registry.register(
             "tls_handshakes",
             "TLS handshakes on the gRPC listener, by result: ok, failed (e.g. a client without a \
-             valid certificate), timeout, shed (too many handshakes at once)",
+             valid certificate), closed (the peer left before a handshake: a port check), \
+             timeout, shed (too many handshakes at once)",
             tls_handshakes.clone(),
         );
         Metrics {
@@ -288,7 +289,7 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a TLS handshake by result (`ok`, `failed`, `timeout`, `shed`).
+    /// Counts a TLS handshake by result (`ok`, `failed`, `closed`, `timeout`, `shed`).
     pub fn tls_handshake(&self, result: &'static str) {
         self.tls_handshakes
             .get_or_create(&ResultLabels { result })

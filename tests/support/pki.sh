@@ -8,6 +8,7 @@
 #   DIR/server.crt    server.key      signed by ca; SAN DNS:localhost, DNS:responses-router.example.internal,
 #                                     IP:127.0.0.1 (the names deploy/envoy-mtls.yaml and the tests dial)
 #   DIR/client.crt    client.key      signed by ca; CN=gateway, clientAuth (what Envoy presents)
+#   DIR/client-renewed.crt/.key       the same, renewed (another key and serial), for rotation
 #   DIR/other-ca.crt  other-ca.key    "Other CA": a rotation's new CA, or an intruder's
 #   DIR/other-server.crt/.key, DIR/other-client.crt/.key   the same two, signed by other-ca
 # Used by tests/transport.rs (Rust) and tests/e2e/test_mtls.py.
@@ -47,4 +48,5 @@ for prefix in "" "other-"; do
   leaf "${prefix}server" "responses-router" "${prefix}ca" "$server_ext"
   leaf "${prefix}client" "gateway" "${prefix}ca" "$client_ext"
 done
+leaf client-renewed "gateway" ca "$client_ext"
 rm -f ./*.srl
