@@ -93,6 +93,12 @@ pub async fn serve(
                 .to_owned(),
         ));
     }
+    let metrics = Arc::new(Metrics::default());
+    // Unusable certificates stop `serve` before it opens any listener.
+    let tls = match &options.tls {
+        Some(tls) => Some(ServerTls::load(tls.files.clone(), Arc::clone(&metrics))?),
+        None => None,
+    };
     let tcp = match options.listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -129,15 +135,9 @@ pub async fn serve(
         ),
         None => None,
     };
-    let metrics = Arc::new(Metrics::default());
-    let tls = match &options.tls {
-        Some(tls) => {
-            let server_tls = ServerTls::load(tls.files.clone(), Arc::clone(&metrics))?;
-            tokio::spawn(Arc::clone(&server_tls).watch(tls.poll));
-            Some(server_tls)
-        }
-        None => None,
-    };
+    if let (Some(tls), Some(options)) = (&tls, &options.tls) {
+        tokio::spawn(Arc::clone(tls).watch(options.poll));
+    }
     let table = compiled.table;
     tracing::info!(
         listen = ?options.listen,
