@@ -384,6 +384,14 @@ def check_router_socket(workload: dict, template: dict, envoy_text: str, p: Prob
             p.add(f"{where}: volume {mounts[0]['name']} at {directory} is not an emptyDir (it must stay in the pod)")
         elif mounts[0].get("readOnly"):
             p.add(f"{where} container {c['name']}: mounts {directory} read-only (a socket needs write access)")
+    socket_volumes = {m["name"] for c in (router, envoy_c) for m in c.get("volumeMounts", [])
+                      if m["mountPath"].rstrip("/") == directory}
+    for c in all_containers(template["spec"]):
+        if c is not router and c is not envoy_c:
+            for m in c.get("volumeMounts", []):
+                if m["name"] in socket_volumes:
+                    p.add(f"{where} container {c['name']}: mounts the ext_proc socket's volume {m['name']}: "
+                          "only envoy and the router may reach ext_proc")
     health = arg_value(args, "--health-listen")
     health_port = int(health.rsplit(":", 1)[1]) if health and health.rsplit(":", 1)[-1].isdigit() else None
     if health_port is None:
