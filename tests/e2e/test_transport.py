@@ -8,7 +8,8 @@
   --tls-key --tls-client-ca`, certificates made at test time by tests/support/pki.sh. An Envoy
   whose client certificate comes from another CA gets no decision: it fails closed.
 
-Both reuse the session stack's simulators; each has its own router and Envoy.
+The module starts its own four simulators (as the session stack does) and, for each layout, its
+own router and Envoy: it needs no other fixture.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ import pytest
 
 from conftest import _envoy_binary, _router_binary, envoy_argv, start_proc, wait_envoy_ready
 from helpers import CODING_PROMPT, SIMULATOR_OUTPUT, assert_openai_error
-from procs import ENVOY_YAML, ROOT, ROUTING_YAML, SHIPPED_PORTS, STARTUP_TIMEOUT, free_ports, render_ports, tcp_open
+from procs import (
+    ENVOY_YAML, ROOT, ROUTING_YAML, SHIPPED_PORTS, SIMULATORS, STARTUP_TIMEOUT, free_ports, http_status, render_ports,
+    simulator_argv, simulator_binary, tcp_open,
+)
 
 sys.path.insert(0, str(ROOT / "deploy" / "kubernetes"))
 import render  # noqa: E402  (deploy/kubernetes/render.py)
@@ -41,7 +45,7 @@ STORY_PROMPT = "Tell me a short story about a lighthouse keeper."
 
 @dataclass
 class Gateway:
-    """An Envoy in front of the session stack's simulators, and the router it asks."""
+    """An Envoy in front of the simulators, and the router it asks."""
 
     base_url: str
     envoy_url: str
@@ -64,9 +68,26 @@ def metric(port: int, series: str) -> float:
     return 0.0
 
 
-def gateway_ports(stack) -> dict[str, int]:
-    """The stack's simulator ports; a new listener, admin and router port."""
-    return {**stack.ports, **dict(zip(("listener", "admin", "router"), free_ports(3)))}
+@pytest.fixture(scope="module")
+def backends(tmp_path_factory) -> Iterator[dict[str, int]]:
+    """The four simulators of the local stack on free ports: port key -> port."""
+    workdir = tmp_path_factory.mktemp("transport-sims")
+    simulator = simulator_binary(_router_binary())
+    ports = {key: port for (key, _), port in zip(SIMULATORS.values(), free_ports(len(SIMULATORS)))}
+    procs = [start_proc(name, simulator_argv(simulator, name, ports[key], model), workdir)
+             for name, (key, model) in SIMULATORS.items()]
+    try:
+        for proc, (key, _) in zip(procs, SIMULATORS.values()):
+            proc.wait_until(lambda p=ports[key]: http_status(p, "/v1/models") > 0, STARTUP_TIMEOUT, "HTTP answer")
+        yield ports
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def gateway_ports(backends: dict[str, int]) -> dict[str, int]:
+    """The simulators' ports; a new listener, admin and router port."""
+    return {**backends, **dict(zip(("listener", "admin", "router"), free_ports(3)))}
 
 
 def converse(base_url: str) -> None:
@@ -90,11 +111,11 @@ def converse(base_url: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def sidecar(stack, tmp_path_factory) -> Iterator[Gateway]:
+def sidecar(backends, tmp_path_factory) -> Iterator[Gateway]:
     """The pod's layout: ext_proc on a Unix socket only, health alone on TCP."""
     workdir = tmp_path_factory.mktemp("uds")
     router_socket = workdir / "router.sock"
-    ports = gateway_ports(stack)
+    ports = gateway_ports(backends)
     health, admin = free_ports(2)
     config = workdir / "envoy.yaml"
     shipped = {k: v for k, v in SHIPPED_PORTS.items() if k != "router"}
@@ -174,10 +195,10 @@ class Mtls:
 
 
 @pytest.fixture(scope="module")
-def mtls(stack, tmp_path_factory) -> Iterator[Mtls]:
+def mtls(backends, tmp_path_factory) -> Iterator[Mtls]:
     workdir = tmp_path_factory.mktemp("mtls")
     pki = make_pki(workdir)
-    ports = gateway_ports(stack)
+    ports = gateway_ports(backends)
     admin, = free_ports(1)
     router = start_proc("router-mtls", [str(_router_binary()), "serve", "--config", str(ROUTING_YAML),
                                         "--listen", f"127.0.0.1:{ports['router']}",
