@@ -69,6 +69,8 @@ pub struct Metrics {
     body_bytes: Histogram,
     store_entries: Gauge,
     store_up: Gauge,
+    tls_reloads: Family<ResultLabels, Counter>,
+    tls_handshakes: Family<ResultLabels, Counter>,
 }
 
 /// Where the router spent the time measured by the decision-duration histogram.
@@ -169,6 +171,21 @@ impl Default for Metrics {
             "1 when the affinity store's backend answered its last check, 0 when degraded",
             store_up.clone(),
         );
+        let tls_reloads = Family::default();
+        registry.register(
+            "tls_reloads",
+            "Loads of the gRPC listener's TLS certificates (the first at start), by result: ok, \
+             rejected (unusable files; the certificates in force stay)",
+            tls_reloads.clone(),
+        );
+        let tls_handshakes = Family::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes on the gRPC listener, by result: ok, failed (e.g. a client without a \
+             valid certificate), closed (the peer left before a handshake: a port check), \
+             timeout, shed (too many handshakes at once)",
+            tls_handshakes.clone(),
+        );
         Metrics {
             registry,
             decisions,
@@ -183,6 +200,8 @@ impl Default for Metrics {
             body_bytes,
             store_entries,
             store_up,
+            tls_reloads,
+            tls_handshakes,
         }
     }
 }
@@ -260,6 +279,21 @@ impl Metrics {
         self.store_entries
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
         self.store_up.set(i64::from(up));
+    }
+
+    /// Counts a load of the TLS certificates (`accepted`: swapped in, else rejected).
+    pub fn tls_loaded(&self, accepted: bool) {
+        let result = if accepted { "ok" } else { "rejected" };
+        self.tls_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Counts a TLS handshake by result (`ok`, `failed`, `closed`, `timeout`, `shed`).
+    pub fn tls_handshake(&self, result: &'static str) {
+        self.tls_handshakes
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// The classic Prometheus text format (0.0.4), for clients that do not ask for OpenMetrics
