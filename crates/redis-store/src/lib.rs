@@ -12,7 +12,12 @@
 //! a cluster the back-off is kept per range of 256 slots (see [`keys::RANGES`]), not for the
 //! whole store: a failed master (a third of the keys with three) then costs sharing for its own
 //! keys only, while the others stay shared. The price is that each of its ranges pays one failed
-//! command (at most 50 ms) per back-off period instead of one for the whole store.
+//! command (at most 50 ms) per back-off period instead of one for the whole store. Ranges rather
+//! than nodes, because a range's node is what changes in a failover: the back-off must not
+//! follow a node that no longer serves the keys, nor wait for the new slot map to be learned.
+//!
+//! **Cluster.** Commands go to the master of their key's slot over one connection per node, by a
+//! slot map the store keeps itself (the `backend` module says why not redis-rs's cluster client).
 //!
 //! **Write-behind.** An id learned while its part of Redis does not answer goes into a bounded
 //! queue ([`queue`]), written out (newest first) once Redis answers again, so the other replicas
@@ -28,7 +33,9 @@
 //! pauses while Redis fails and resumes where it was.
 //!
 //! A background task on the runtime that [`SharedStore::start`] runs on does the marker checks,
-//! the replay and (cluster) the topology watch; it ends when the store is dropped.
+//! the replay and (cluster) the slot-map upkeep; it ends when the store is dropped. Nothing here
+//! depends on a gRPC or HTTP server: the ext_proc service and the in-process Envoy module (on a
+//! small tokio runtime of its own) run the same store, and export its [`Counters`] as they like.
 
 mod backend;
 pub mod keys;
