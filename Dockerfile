@@ -32,7 +32,9 @@ FROM gcr.io/distroless/cc-debian12:nonroot AS router
 COPY --from=build /out/responses-router /usr/local/bin/responses-router
 # Numeric, so Kubernetes can verify `runAsNonRoot` from the image alone.
 USER 65532:65532
-# ext_proc gRPC and the admin port (/metrics, /healthz) of `serve`.
-EXPOSE 50051 9090
+# `serve`'s ports: ext_proc gRPC on TCP (--listen, plaintext or mTLS; the Kubernetes sidecar
+# uses a Unix socket instead), gRPC health alone (--health-listen, as the Kubernetes base sets it)
+# and the admin port (/metrics, /healthz).
+EXPOSE 50051 50052 9090
 ENTRYPOINT ["/usr/local/bin/responses-router"]
 CMD ["--help"]

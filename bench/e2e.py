@@ -12,7 +12,12 @@ Run through `bench/e2e` (which builds and installs everything first). Everything
           `model: "auto"` Responses requests (classified to story-model -> `stories`) and
           continuations (`previous_response_id` of a response created through (b) first);
   (c)     the LiteLLM proxy with two deployments over the same two simulators and its
-          `responses_api_deployment_check` (continuations stay on their deployment).
+          `responses_api_deployment_check` (continuations stay on their deployment);
+  (d)     the router inside Envoy (deploy/envoy-module.yaml with the release module): the same
+          `model: "auto"` requests and continuations as (b).
+
+The routers run the shipped routing.yaml with production's one difference (the production overlay's
+`RESPONSES_ROUTER__EXPOSE_DECISION=false`): clients are not told the decision.
 
 Per target: maximum throughput (oha at fixed concurrency), p50/p99 at fixed rates (oha -q with
 latency correction), a latency-vs-offered-load sweep, and streaming time to first byte (httpx,
@@ -39,8 +44,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stack import (  # noqa: E402
-    ENVOY_YAML, ROOT, SHIPPED_PORTS, Proc, bare_config, cpu_seconds, free_ports, http_status, rss_bytes,
-    start_envoy, start_router, start_simulator, tcp_open, wait_http,
+    ENVOY_YAML, ROOT, SHIPPED_PORTS, Proc, bare_config, cpu_seconds, free_ports, gateway_env, http_status,
+    render_gateway, rss_bytes, start_envoy, start_router, start_simulator, wait_http,
 )
 
 RESULTS = ROOT / "bench" / "results"
@@ -50,6 +55,9 @@ DOCS_PNG = ROOT / "docs" / "latency_vs_load.png"
 NEW_TEXT = "Write a short story about a lighthouse keeper and a storm."
 CONT_TEXT = "Continue the story: what does the keeper find on the beach the next morning?"
 MODEL = "story-model"
+
+# Both routers, as the production overlay runs them: warnings only, no decision headers for clients.
+ROUTER_ENV = {**os.environ, "RESPONSES_ROUTER_LOG": "warn", "RESPONSES_ROUTER__EXPOSE_DECISION": "false"}
 
 # Offered loads of the latency sweep (req/s); a target stops once it cannot keep up.
 SWEEP_FAST = [25, 100, 200, 500, 1000, 2000, 4000, 8000]
@@ -61,13 +69,20 @@ TARGETS = {
     "b-cont": "Envoy + router, model auto, continuation",
     "c-new": "LiteLLM, new",
     "c-cont": "LiteLLM, continuation",
+    "d-new": "Envoy + router module, model auto, new",
+    "d-cont": "Envoy + router module, model auto, continuation",
 }
 
-# Targets (issue): ratios measured in one run.
+# Targets (issues 7 and 13): ratios measured in one run.
 TARGET_THROUGHPUT_VS_ENVOY = 0.80
 TARGET_ADDED_P50_MS = 0.3
 TARGET_ADDED_P99_MS = 1.5
 TARGET_VS_LITELLM = 10.0
+# The in-process form (d): near Envoy's own figures.
+TARGET_MODULE_THROUGHPUT_VS_ENVOY = 0.85
+TARGET_MODULE_ADDED_P50_MS = 0.1
+TARGET_MODULE_ADDED_P99_MS = 0.3
+TARGET_MODULE_ADDED_TTFB_MS = 0.1
 
 
 @dataclass
@@ -123,8 +138,7 @@ class Bench:
         # (b) the shipped stack; (a) the bare Envoy on the same simulators (its own listener/admin).
         router_admin, = free_ports(1)
         self.router_admin = router_admin
-        router = start_router(binary, ports["router"], router_admin, work,
-                              env={**os.environ, "RESPONSES_ROUTER_LOG": "warn"})
+        router = start_router(binary, ports["router"], router_admin, work, env=ROUTER_ENV)
         self.procs.append(router)
         shipped = ENVOY_YAML.read_text()
         env_b = start_envoy(a.envoy, "envoy-b", shipped, ports, work, a.envoy_concurrency)
@@ -137,6 +151,14 @@ class Bench:
         self.urls["b-new"] = self.urls["b-cont"] = f"http://127.0.0.1:{ports['listener']}/v1/responses"
         self.proxies["a"] = [("envoy-a", env_a)]
         self.proxies["b"] = [("envoy-b", env_b), ("router", router)]
+
+        # (d) the module inside Envoy, on the same simulators (its own listener/admin).
+        ports_d = {**ports, **dict(zip(("listener", "admin"), free_ports(2)))}
+        env_d = start_envoy(a.envoy, "envoy-d", render_gateway("module", ports_d), ports_d, work,
+                            a.envoy_concurrency, rendered=True, env=gateway_env("module", binary, ROUTER_ENV))
+        self.procs.append(env_d)
+        self.urls["d-new"] = self.urls["d-cont"] = f"http://127.0.0.1:{ports_d['listener']}/v1/responses"
+        self.proxies["d"] = [("envoy-d", env_d)]
 
         if not a.no_litellm:
             self.start_litellm()
@@ -170,11 +192,11 @@ class Bench:
     def prepare_bodies(self) -> None:
         """Writes one body file per target; a continuation continues a response created through
         that same target (so the id is one the router or LiteLLM has seen and learned)."""
-        new = {"a": MODEL, "b-new": "auto", "c-new": MODEL}
+        new = {"a": MODEL, "b-new": "auto", "c-new": MODEL, "d-new": "auto"}
         for target, model in new.items():
             if target in self.urls:
                 self.write_body(target, {"model": model, "input": NEW_TEXT})
-        for target, model in (("b-cont", "auto"), ("c-cont", MODEL)):
+        for target, model in (("b-cont", "auto"), ("c-cont", MODEL), ("d-cont", "auto")):
             if target in self.urls:
                 self.refresh_continuation(target, model)
 
@@ -201,7 +223,7 @@ class Bench:
 
     def oha_run(self, target: str, kind: str, duration: float, concurrency: int, rate: float | None = None) -> dict:
         if target.endswith("-cont") and kind != "warmup":
-            self.refresh_continuation(target, "auto" if target.startswith("b") else MODEL)
+            self.refresh_continuation(target, MODEL if target.startswith("c") else "auto")
         argv = [self.oha, "--no-tui", "--output-format", "json", "-z", f"{duration}s", "-c", str(concurrency),
                 "-m", "POST", "-H", "content-type: application/json", "-D", str(self.bodies[target]),
                 "--wait-ongoing-requests-after-deadline"]
@@ -256,7 +278,8 @@ class Bench:
 
     def ttfb(self, n: int) -> dict[str, list[float]]:
         """Time to first byte of `stream: true` Responses, interleaved over the targets."""
-        bodies = {"a": {"model": MODEL}, "b-new": {"model": "auto"}, "c-new": {"model": MODEL}}
+        bodies = {"a": {"model": MODEL}, "b-new": {"model": "auto"}, "c-new": {"model": MODEL},
+                  "d-new": {"model": "auto"}}
         bodies = {t: {**b, "input": NEW_TEXT, "stream": True} for t, b in bodies.items() if t in self.urls}
         out: dict[str, list[float]] = {t: [] for t in bodies}
         with httpx.Client(timeout=60) as client:
@@ -316,7 +339,7 @@ def run_all(b: Bench, prof: Profile) -> dict:
                     f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}")
 
     log("latency vs offered load")
-    sweep_targets = [t for t in ("a", "b-new", "c-new") if t in b.urls]
+    sweep_targets = [t for t in ("a", "b-new", "d-new", "c-new") if t in b.urls]
     saturated: set[str] = set()
     rates = sorted(set(prof.sweep_fast) | set(prof.sweep_slow))
     for rate in rates:
@@ -373,7 +396,7 @@ def summarize(b: Bench, extra: dict, args: argparse.Namespace) -> dict:
 
     ratios: dict = {}
     targets: list[dict] = []
-    for bt in ("b-new", "b-cont"):
+    for bt in ("b-new", "b-cont", "d-new", "d-cont"):
         for c in (32, 8):
             ra, rb = get("a", f"c{c}", "rps"), get(bt, f"c{c}", "rps")
             if ra and rb:
@@ -395,6 +418,15 @@ def summarize(b: Bench, extra: dict, args: argparse.Namespace) -> dict:
         targets.append({"target": name, "value": value, "goal": goal,
                         "status": "n/a" if value is None else ("met" if ok(value) else "missed")})
 
+    for dt in ("d-new", "d-cont"):
+        check(f"{dt} throughput >= 85% of (a), c=32", ratios.get(f"{dt}/a throughput c=32"),
+              ">= 0.85", lambda v: v >= TARGET_MODULE_THROUGHPUT_VS_ENVOY)
+        check(f"{dt} added p50 at 200 req/s", ratios.get(f"{dt} - a added p50 ms at 200 req/s"),
+              "<= 0.1 ms", lambda v: v <= TARGET_MODULE_ADDED_P50_MS)
+        check(f"{dt} added p99 at 200 req/s", ratios.get(f"{dt} - a added p99 ms at 200 req/s"),
+              "<= 0.3 ms", lambda v: v <= TARGET_MODULE_ADDED_P99_MS)
+    check("d-new added TTFB p50", ratios.get("d-new - a added TTFB p50 ms"), "<= 0.1 ms",
+          lambda v: v <= TARGET_MODULE_ADDED_TTFB_MS)
     for bt in ("b-new", "b-cont"):
         check(f"{bt} throughput >= 80% of (a), c=32", ratios.get(f"{bt}/a throughput c=32"),
               ">= 0.80", lambda v: v >= TARGET_THROUGHPUT_VS_ENVOY)
@@ -500,6 +532,7 @@ def plot(report: dict, path: Path) -> None:
     runs = [r for r in report["runs"] if r["kind"] == "sweep"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     style = {"a": ("(a) Envoy alone", "tab:gray", "o"), "b-new": ("(b) Envoy + router (model auto)", "tab:blue", "s"),
+             "d-new": ("(d) Envoy + router module (model auto)", "tab:green", "D"),
              "c-new": ("(c) LiteLLM", "tab:red", "^")}
     for ax, q in zip(axes, ("p50", "p99")):
         for t, (label, color, marker) in style.items():
@@ -556,7 +589,7 @@ def main() -> None:
     ap.add_argument("--oha", required=True)
     ap.add_argument("--litellm", help="the litellm executable")
     ap.add_argument("--no-litellm", action="store_true", help="skip target (c)")
-    ap.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads for (a) and (b)")
+    ap.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads for (a), (b) and (d)")
     ap.add_argument("--litellm-workers", type=int, default=1)
     ap.add_argument("--slow-rate", type=int, default=25, help="the fixed rate all targets (LiteLLM too) can hold")
     ap.add_argument("--update-docs", action="store_true", help=f"also copy the plot to {DOCS_PNG.relative_to(ROOT)}")

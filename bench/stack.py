@@ -14,8 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from procs import (  # noqa: E402,F401
-    CARGO_PACKAGES, ENVOY_YAML, ROUTING_YAML, SHIPPED_PORTS, STARTUP_TIMEOUT, Proc, free_ports, http_status,
-    render_ports, simulator_argv, simulator_binary, tcp_open,
+    CARGO_PACKAGES, ENVOY_YAML, ROUTING_YAML, SHIPPED_PORTS, STARTUP_TIMEOUT, Proc, free_ports, gateway_env,
+    http_status, render_gateway, render_ports, simulator_argv, simulator_binary, tcp_open,
 )
 
 
@@ -56,14 +56,16 @@ def start_router(binary: str, port: int, admin_port: int, work: Path, name: str 
 
 
 def start_envoy(envoy: str, name: str, text: str, ports: dict[str, int], work: Path,
-                concurrency: int | None = None) -> Proc:
-    """Writes the rendered config to work/NAME.yaml, starts Envoy on it and waits for /ready."""
+                concurrency: int | None = None, rendered: bool = False,
+                env: dict[str, str] | None = None) -> Proc:
+    """Writes the config (with `ports`, unless `rendered` says it has them) to work/NAME.yaml, starts
+    Envoy on it and waits for /ready."""
     config = work / f"{name}.yaml"
-    config.write_text(render_envoy(text, ports))
+    config.write_text(text if rendered else render_envoy(text, ports))
     argv = [envoy, "-c", str(config), "--disable-hot-restart", "--log-level", "error"]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
-    proc = Proc(name, argv, work / f"{name}.log")
+    proc = Proc(name, argv, work / f"{name}.log", env=env)
     proc.wait_until(lambda: http_status(ports["admin"], "/ready") == 200, STARTUP_TIMEOUT, "/ready")
     proc.wait_until(lambda: tcp_open(ports["listener"]), STARTUP_TIMEOUT, "listener")
     return proc

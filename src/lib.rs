@@ -9,6 +9,7 @@
 //! - [`reload`]: hot reload of the routing table (SIGHUP, file change).
 //! - [`api`]: the project's own gRPC API (Explain, GetConfig), from `proto/`.
 //! - [`telemetry`]: Prometheus metrics and the admin HTTP port.
+//! - [`tls`]: mTLS for the TCP gRPC listener, with certificates re-read when they change.
 //! - [`serve`]: all of the above as one library function with a shutdown future.
 //! - [`explain`]: the `explain` command's JSON.
 
@@ -20,3 +21,4 @@ pub mod reload;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use responses_router::serve::{ServeError, ServeOptions};
+use responses_router::serve::{ServeError, ServeOptions, TlsOptions};
+use responses_router::tls::TlsFiles;
 use responses_router::{config, explain};
 use responses_router_core::RequestKind;
 
@@ -34,7 +35,8 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve Envoy's ExternalProcessor (and gRPC health) on TCP and/or a Unix socket.
+    /// Serve Envoy's ExternalProcessor (and gRPC health) on TCP (plaintext or mTLS) and/or a Unix
+    /// socket.
     Serve {
         /// The routing YAML.
         #[arg(long, env = "RESPONSES_ROUTER_CONFIG")]
@@ -49,6 +51,36 @@ enum Command {
         /// Unix socket path for gRPC (a sidecar sharing a volume with Envoy).
         #[arg(long, env = "RESPONSES_ROUTER_UDS")]
         uds: Option<PathBuf>,
+        /// TCP address serving gRPC health only (grpc.health.v1.Health), for kubelet's gRPC
+        /// probes when ext_proc is on --uds only; ext_proc and RouterAdmin are not served there.
+        #[arg(long, env = "RESPONSES_ROUTER_HEALTH_LISTEN")]
+        health_listen: Option<SocketAddr>,
+        /// PEM certificate chain for --listen: with --tls-key and --tls-client-ca, the TCP
+        /// listener serves TLS only, and only to clients with a certificate from a client CA.
+        #[arg(
+            long,
+            env = "RESPONSES_ROUTER_TLS_CERT",
+            requires_all = ["tls_key", "tls_client_ca"]
+        )]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(
+            long,
+            env = "RESPONSES_ROUTER_TLS_KEY",
+            requires_all = ["tls_cert", "tls_client_ca"]
+        )]
+        tls_key: Option<PathBuf>,
+        /// PEM bundle of the CAs whose client certificates --listen accepts.
+        #[arg(
+            long,
+            env = "RESPONSES_ROUTER_TLS_CLIENT_CA",
+            requires_all = ["tls_cert", "tls_key"]
+        )]
+        tls_client_ca: Option<PathBuf>,
+        /// Seconds between checks of the TLS files for changes (0: on SIGHUP only). New
+        /// connections use changed certificates; open ones keep theirs.
+        #[arg(long, env = "RESPONSES_ROUTER_TLS_POLL_SECONDS", default_value_t = 5)]
+        tls_poll_seconds: u64,
         /// HTTP address for /metrics and /healthz (`none` to disable).
         #[arg(
             long,
@@ -141,6 +173,11 @@ fn run(command: Command) -> Result<(), Failure> {
             config,
             listen,
             uds,
+            health_listen,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            tls_poll_seconds,
             admin_listen,
             ready_requires_store,
             drain_seconds,
@@ -154,10 +191,24 @@ fn run(command: Command) -> Result<(), Failure> {
                         .map_err(|e| Failure::Usage(format!("--listen {addr}: {e}")))?,
                 ),
             };
+            // clap requires all three together.
+            let tls = match (tls_cert, tls_key, tls_client_ca) {
+                (Some(cert), Some(key), Some(client_ca)) => Some(TlsOptions {
+                    files: TlsFiles {
+                        cert,
+                        key,
+                        client_ca,
+                    },
+                    poll: (tls_poll_seconds > 0).then(|| Duration::from_secs(tls_poll_seconds)),
+                }),
+                _ => None,
+            };
             let options = ServeOptions {
                 config,
                 listen,
+                tls,
                 uds,
+                health_listen,
                 admin_listen: (admin_listen != "none").then_some(admin_listen),
                 config_poll: (config_poll_seconds > 0)
                     .then(|| Duration::from_secs(config_poll_seconds)),
@@ -172,7 +223,7 @@ fn run(command: Command) -> Result<(), Failure> {
             runtime
                 .block_on(responses_router::serve::serve(options, shutdown_signal()))
                 .map_err(|e| match e {
-                    ServeError::Config { .. } | ServeError::Usage(_) => {
+                    ServeError::Config { .. } | ServeError::Usage(_) | ServeError::Tls(_) => {
                         Failure::Usage(e.to_string())
                     }
                     ServeError::Bind { .. } | ServeError::Server(_) => {

@@ -15,16 +15,21 @@ use crate::extproc::{self, RouterService, service::Listeners};
 use crate::reload::{Reloader, SharedTable};
 use crate::store::{SharedStore, Store};
 use crate::telemetry::{self, Metrics};
+use crate::tls::{ServerTls, TlsError, TlsFiles};
 
 /// What `serve` needs besides the routing YAML's own settings.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// The routing YAML.
     pub config: PathBuf,
-    /// TCP address for gRPC; `None` serves only on `uds`.
+    /// TCP address for gRPC (ext_proc, RouterAdmin, health); `None` serves only on `uds`.
     pub listen: Option<SocketAddr>,
+    /// mTLS on `listen`: the router's certificate and the CAs of the clients it accepts.
+    pub tls: Option<TlsOptions>,
     /// Unix socket for gRPC (a sidecar sharing a volume with Envoy).
     pub uds: Option<PathBuf>,
+    /// TCP address serving gRPC health and nothing else (kubelet's gRPC probes).
+    pub health_listen: Option<SocketAddr>,
     /// Address of the admin HTTP port (/metrics, /healthz, /readyz); `None` disables it.
     pub admin_listen: Option<String>,
     /// How often the routing YAML is checked for changes; `None`: reload on SIGHUP only.
@@ -33,6 +38,14 @@ pub struct ServeOptions {
     pub ready_requires_store: bool,
     /// How long streams in flight may run on after `shutdown`.
     pub drain: Duration,
+}
+
+/// TLS on the TCP listener.
+#[derive(Debug, Clone)]
+pub struct TlsOptions {
+    pub files: TlsFiles,
+    /// How often the files are checked for changes; `None`: on SIGHUP only.
+    pub poll: Option<Duration>,
 }
 
 /// Why `serve` could not run (or stopped).
@@ -48,6 +61,9 @@ pub enum ServeError {
     /// The options cannot work together.
     #[error("{0}")]
     Usage(String),
+    /// The TLS certificate files are unusable.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
     /// A listener could not be opened.
     #[error("cannot listen on {what}: {source}")]
     Bind {
@@ -70,6 +86,19 @@ pub async fn serve(
         path: options.config.clone(),
         source,
     })?;
+    if options.tls.is_some() && options.listen.is_none() {
+        return Err(ServeError::Usage(
+            "--tls-cert/--tls-key/--tls-client-ca secure the TCP listener: give --listen ADDR \
+             (a Unix socket is guarded by its file permissions, not TLS)"
+                .to_owned(),
+        ));
+    }
+    let metrics = Arc::new(Metrics::default());
+    // Unusable certificates stop `serve` before it opens any listener.
+    let tls = match &options.tls {
+        Some(tls) => Some(ServerTls::load(tls.files.clone(), Arc::clone(&metrics))?),
+        None => None,
+    };
     let tcp = match options.listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -95,10 +124,26 @@ pub async fn serve(
             "nothing to listen on: give --listen ADDR or --uds PATH".to_owned(),
         ));
     }
+    let health = match options.health_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    what: format!("{addr} (--health-listen)"),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    if let (Some(tls), Some(options)) = (&tls, &options.tls) {
+        tokio::spawn(Arc::clone(tls).watch(options.poll));
+    }
     let table = compiled.table;
     tracing::info!(
         listen = ?options.listen,
+        tls = tls.is_some(),
         uds = ?options.uds,
+        health_listen = ?options.health_listen,
         models = table.models().len(),
         categories = table.category_names().count(),
         "responses-router serving ext_proc"
@@ -110,11 +155,9 @@ pub async fn serve(
         shared = affinity.shares(),
         "affinity store ready"
     );
-    let mut metrics = Metrics::default();
     if let Some(counters) = store.shared_counters() {
         metrics.register_shared_store(counters);
     }
-    let metrics = Arc::new(metrics);
     if let Some(admin_listen) = &options.admin_listen {
         let listener = tokio::net::TcpListener::bind(admin_listen)
             .await
@@ -150,7 +193,7 @@ pub async fn serve(
         tokio::time::sleep(drain).await;
     };
     tokio::select! {
-        result = extproc::serve(service, Listeners { tcp, uds }, shutdown) => {
+        result = extproc::serve(service, Listeners { tcp, tls, uds, health }, shutdown) => {
             result?;
             tracing::info!("stopped");
         }

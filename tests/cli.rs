@@ -109,3 +109,43 @@ fn explain_shows_the_error_a_client_would_get() {
     assert!(stdout.starts_with("HTTP 404\n"), "{stdout}");
     assert!(stdout.contains(r#""code":"model_not_found""#), "{stdout}");
 }
+
+#[test]
+fn serve_refuses_unusable_tls_settings_as_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    let socket = dir.path().join("router.sock");
+    let serve = ["serve", "--config", SHIPPED, "--admin-listen", "none"];
+    let tls = [
+        "--tls-cert",
+        missing,
+        "--tls-key",
+        missing,
+        "--tls-client-ca",
+        missing,
+    ];
+    let cases: [(Vec<&str>, &str); 3] = [
+        // The three files go together.
+        (vec!["--tls-cert", missing], "--tls-key"),
+        // TLS secures the TCP listener; a Unix socket has none.
+        (
+            [
+                &["--listen", "none", "--uds", socket.to_str().unwrap()][..],
+                &tls,
+            ]
+            .concat(),
+            "secure the TCP listener",
+        ),
+        (
+            [&["--listen", "127.0.0.1:0"][..], &tls].concat(),
+            "TLS: cannot read",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = router(&[&serve[..], &args].concat(), b"");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+}

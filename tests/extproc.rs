@@ -590,8 +590,8 @@ async fn serves_on_a_unix_socket() {
     tokio::spawn(serve(
         service,
         Listeners {
-            tcp: None,
             uds: Some(listener),
+            ..Default::default()
         },
         std::future::pending(),
     ));

@@ -16,7 +16,9 @@ For every DIR (a kustomization, relative to deploy/kubernetes/):
      Pod Security Standard with requests, limits and probes on every container; ConfigMap volumes,
      Service selectors and ports, the HPA's target and the PDB's selector all point at something
      rendered; every cluster the routing config names is one of Envoy's model-server clusters, and
-     a `pin_host` cluster whose Service is in the output is headless.
+     a `pin_host` cluster whose Service is in the output is headless; the router serves ext_proc
+     only on the Unix socket Envoy's router cluster names, in an emptyDir volume both containers
+     mount, and kubelet's gRPC probes go to its health-only port.
 
 Needs PyYAML and kubernetes-validate (both in the project's .venv). Prints one line per
 kustomization, or every problem found, and exits 1 on any problem.
@@ -275,6 +277,7 @@ def check_programs(objects: list[dict], envoy: str, router: str, simulator: str,
                 if result.returncode != 0:
                     p.add(f"{where}: `{shlex.join(argv)}` failed:\n{indent(result, 6)}")
                 check_clusters(workload, template, objects, text, p)
+                check_router_socket(workload, template, text, p)
             elif image_name(c) == SIMULATOR_IMAGE:
                 check_flags(where, c, SIMULATOR_IMAGE, flags_of(args), known_flags(simulator))
             elif args and args[0] == "serve":
@@ -336,6 +339,69 @@ def check_clusters(workload: dict, template: dict, objects: list[dict], envoy_te
                             f"Envoy cluster {name} has pin_host: true but Service {labels[0]} is not headless "
                             "(clusterIP: None): Envoy would see one address, not the pods"
                         )
+
+
+def arg_value(args: list[str], flag: str) -> str | None:
+    """The value of `flag VALUE` or `flag=VALUE` in `args`; None when absent."""
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def check_router_socket(workload: dict, template: dict, envoy_text: str, p: Problems) -> None:
+    """The listener layout: ext_proc only on a Unix socket shared with Envoy through an emptyDir,
+    no ext_proc on TCP, and kubelet's gRPC probes on the health-only port."""
+    where = kind_name(workload)
+    containers = {c["name"]: c for c in all_containers(template["spec"])}
+    router, envoy_c = containers.get(ROUTER_CONTAINER), containers.get(ENVOY_CONTAINER)
+    if router is None or envoy_c is None:
+        return  # reported by check_clusters
+    args = [str(a) for a in router.get("args", [])]
+    socket = arg_value(args, "--uds")
+    if socket is None:
+        p.add(f"{where}: the router has no --uds: ext_proc must be served on a Unix socket shared with Envoy")
+        return
+    if arg_value(args, "--listen") != "none":
+        p.add(f"{where}: the router serves ext_proc on TCP too (--listen {arg_value(args, '--listen')}): "
+              "it must be `--listen none`, the Unix socket only")
+    envoy = yaml.safe_load(envoy_text)
+    clusters = {c["name"]: c for c in envoy["static_resources"]["clusters"]}
+    router_cluster = clusters.get("responses_router")
+    paths = [] if router_cluster is None else [
+        ep["endpoint"]["address"].get("pipe", {}).get("path")
+        for lb in router_cluster["load_assignment"]["endpoints"] for ep in lb["lb_endpoints"]
+    ]
+    if paths != [socket]:
+        p.add(f"{where}: Envoy's responses_router cluster dials {paths}, the router serves on {socket!r}")
+    directory = socket.rsplit("/", 1)[0]
+    volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+    for c in (router, envoy_c):
+        mounts = [m for m in c.get("volumeMounts", []) if m["mountPath"].rstrip("/") == directory]
+        if not mounts:
+            p.add(f"{where} container {c['name']}: mounts no volume at {directory} (the ext_proc socket's directory)")
+        elif "emptyDir" not in volumes.get(mounts[0]["name"], {}):
+            p.add(f"{where}: volume {mounts[0]['name']} at {directory} is not an emptyDir (it must stay in the pod)")
+        elif mounts[0].get("readOnly"):
+            p.add(f"{where} container {c['name']}: mounts {directory} read-only (a socket needs write access)")
+    socket_volumes = {m["name"] for c in (router, envoy_c) for m in c.get("volumeMounts", [])
+                      if m["mountPath"].rstrip("/") == directory}
+    for c in all_containers(template["spec"]):
+        if c is not router and c is not envoy_c:
+            for m in c.get("volumeMounts", []):
+                if m["name"] in socket_volumes:
+                    p.add(f"{where} container {c['name']}: mounts the ext_proc socket's volume {m['name']}: "
+                          "only envoy and the router may reach ext_proc")
+    health = arg_value(args, "--health-listen")
+    health_port = int(health.rsplit(":", 1)[1]) if health and health.rsplit(":", 1)[-1].isdigit() else None
+    if health_port is None:
+        p.add(f"{where}: the router has no --health-listen HOST:PORT for kubelet's gRPC probes")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        grpc = router.get(probe, {}).get("grpc")
+        if grpc is not None and grpc.get("port") != health_port:
+            p.add(f"{where}: the router's {probe} dials port {grpc.get('port')}, its health-only port is {health_port}")
 
 
 def main() -> int:

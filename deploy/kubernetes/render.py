@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Render the Kubernetes copies of deploy/envoy.yaml and deploy/routing.yaml.
+"""Render the Kubernetes copies of deploy/envoy.yaml and deploy/routing.yaml, and deploy/envoy-mtls.yaml.
 
     python3 deploy/kubernetes/render.py           write every rendered file
     python3 deploy/kubernetes/render.py --check   write nothing; exit 1 (with a diff) if one is stale
@@ -19,9 +19,15 @@ comments included):
   - every model-server cluster becomes STRICT_DNS on the Service named in upstreams.ini: Envoy
     uses every address the name resolves to as a host, so a headless Service (one address per
     ready pod) lets the stateful_session filter pin a conversation to its pod;
-  - the router cluster is kept as is (127.0.0.1:50051): the router is a sidecar in the same pod;
+  - the router cluster is the sidecar's Unix socket (ROUTER_SOCKET, in an emptyDir volume that
+    both containers mount): ext_proc is not reachable over the network at all;
   - a `probes` listener on 0.0.0.0:9902 forwards GET /ready (kubelet's readiness probe) and
     GET /stats/prometheus to the admin interface, which stays on loopback.
+
+deploy/envoy-mtls.yaml is deploy/envoy.yaml for a router that runs apart from Envoy (a
+Deployment and Service of its own): the router cluster is the router Service's DNS name, reached
+over TLS with a client certificate (differences marked `mtls:`; scripts/test validates it and
+tests/e2e/test_transport.py runs it).
 
 Only the Python standard library is used, and the edits are line-based with exact anchors: a
 change to deploy/envoy.yaml that moves an anchor makes this script fail loudly, never guess.
@@ -40,9 +46,17 @@ DEPLOY = HERE.parent  # deploy
 ENVOY_SOURCE = DEPLOY / "envoy.yaml"
 ROUTING_SOURCE = DEPLOY / "routing.yaml"
 ROUTING_COPY = HERE / "base" / "routing.yaml"
+MTLS_OUTPUT = DEPLOY / "envoy-mtls.yaml"
 
-# Clusters of deploy/envoy.yaml that are in the pod itself and keep their loopback address.
-IN_POD_CLUSTERS = {"responses_router"}
+# The cluster of deploy/envoy.yaml that is the router (the sidecar in the pod; apart, for mTLS).
+ROUTER_CLUSTER = "responses_router"
+# Where the router sidecar serves ext_proc in the pod: a Unix socket in an emptyDir volume mounted
+# by both containers (base/gateway.yaml; scripts/k8s-check checks that they agree).
+ROUTER_SOCKET = "/run/responses-router/router.sock"
+# The mTLS example: the router Service's name (also the name its certificate must carry) and the
+# directory Envoy's TLS files come from (a Secret's or projected volume's mount).
+MTLS_ROUTER_NAME = "responses-router.example.internal"
+MTLS_DIR = "/etc/envoy/router-tls"
 # The listener kubelet probes (GET /ready) and Prometheus scrapes (GET /stats/prometheus).
 PROBE_PORT = 9902
 ADMIN_CLUSTER = "envoy_admin"
@@ -243,6 +257,145 @@ def admin_cluster(admin_port: int) -> list[str]:
     return text.splitlines(keepends=True)
 
 
+def router_endpoint(lines: list[str]) -> int:
+    """The index of the router cluster's one loopback `socket_address` line."""
+    found = [i for i, line in enumerate(lines) if LOOPBACK_ADDRESS.match(line)]
+    if len(found) != 1:
+        raise RenderError(f"{rel(ENVOY_SOURCE)}: cluster {ROUTER_CLUSTER}: expected one loopback `socket_address`")
+    return found[0]
+
+
+def unix_socket_router(lines: list[str], socket: str = ROUTER_SOCKET) -> list[str]:
+    """The router cluster on the sidecar's Unix socket instead of loopback TCP."""
+    i = router_endpoint(lines)
+    pad = LOOPBACK_ADDRESS.match(lines[i]).group(1)
+    return lines[:i] + [
+        f"{pad}# k8s: the router sidecar's Unix socket, in an emptyDir volume that only this pod's\n",
+        f"{pad}# two containers mount: no other pod (nor the node) can speak ext_proc to the router.\n",
+        f"{pad}pipe: {{ path: {socket} }}\n",
+    ] + lines[i + 1 :]
+
+
+def router_on_socket(text: str, socket: str) -> str:
+    """An Envoy config's text (deploy/envoy.yaml's shape) with only its router cluster moved onto
+    the Unix socket `socket`, as the pod's config has it: tests/e2e/test_transport.py runs the
+    local stack this way, with its own socket."""
+    lines = text.splitlines(keepends=True)
+    clusters_at = index_of(lines, "  clusters:")
+    out = lines[: clusters_at + 1]
+    for name, item in split_items(lines[clusters_at + 1 :], "clusters"):
+        out += unix_socket_router(item, socket) if name == ROUTER_CLUSTER else item
+    return "".join(out)
+
+
+def mtls_router(lines: list[str]) -> list[str]:
+    """The router cluster as a remote Service reached over mTLS."""
+    out = list(lines)
+    i = router_endpoint(out)
+    pad, port = LOOPBACK_ADDRESS.match(out[i]).groups()
+    out[i] = f"{pad}socket_address: {{ address: {MTLS_ROUTER_NAME}, port_value: {port} }}\n"
+    out.insert(i, f"{pad}# mtls: the router Service's DNS name and its TLS port (serve --listen 0.0.0.0:{port}).\n")
+    load = [j for j, line in enumerate(out) if line.rstrip("\n") == "    load_assignment:"]
+    if len(load) != 1:
+        raise RenderError(f"{rel(ENVOY_SOURCE)}: cluster {ROUTER_CLUSTER}: expected one `    load_assignment:` line")
+    out[load[0]:load[0]] = MTLS_TRANSPORT_SOCKET.splitlines(keepends=True)
+    types = [j for j, line in enumerate(out) if line.rstrip("\n") == "    type: STATIC"]
+    if len(types) != 1:
+        raise RenderError(f"{rel(ENVOY_SOURCE)}: cluster {ROUTER_CLUSTER}: expected one `    type: STATIC` line")
+    out[types[0] : types[0] + 1] = [
+        "    # mtls: the router's Service name, re-resolved every 5 s; every address is a host (a\n",
+        "    # headless Service spreads the gateways' connections over the router pods).\n",
+        "    type: STRICT_DNS\n",
+        "    dns_lookup_family: V4_PREFERRED\n",
+    ]
+    return out
+
+
+MTLS_TRANSPORT_SOCKET = f"""\
+    # mtls: TLS to the router, with this Envoy's client certificate; the router serves only
+    # clients whose certificate a CA of its --tls-client-ca bundle signed. The certificate, its
+    # key and the CA that signed the router's certificate come through SDS from files in
+    # {MTLS_DIR}/ (deploy/router-tls/ has the two SDS files): Envoy re-reads them when an
+    # entry of that directory is moved, as kubelet does when it updates a Secret volume, so the
+    # gateway's certificate rotates without a restart (the router re-reads its own files too).
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        # The name the router's certificate is checked against (below) and sent as SNI.
+        sni: {MTLS_ROUTER_NAME}
+        common_tls_context:
+          # gRPC is HTTP/2: the router negotiates h2 only.
+          alpn_protocols: [h2]
+          # TLS 1.3 only: both ends speak it (Envoy's default maximum for upstreams is 1.2).
+          tls_params:
+            tls_minimum_protocol_version: TLSv1_3
+            tls_maximum_protocol_version: TLSv1_3
+          tls_certificate_sds_secret_configs:
+          - name: router_client_certificate
+            sds_config:
+              resource_api_version: V3
+              path_config_source:
+                path: {MTLS_DIR}/certificate.yaml
+                watched_directory: {{ path: {MTLS_DIR} }}
+          combined_validation_context:
+            # Only the router's own certificate is accepted: one from the right CA *and* for the
+            # router's name (Envoy does not check the name against `sni` by itself).
+            default_validation_context:
+              match_typed_subject_alt_names:
+              - san_type: DNS
+                matcher: {{ exact: {MTLS_ROUTER_NAME} }}
+            validation_context_sds_secret_config:
+              name: router_ca
+              sds_config:
+                resource_api_version: V3
+                path_config_source:
+                  path: {MTLS_DIR}/validation.yaml
+                  watched_directory: {{ path: {MTLS_DIR} }}
+"""
+
+
+def render_mtls() -> str:
+    lines = ENVOY_SOURCE.read_text().splitlines(keepends=True)
+    first = 0
+    while first < len(lines) and lines[first].startswith("#"):
+        first += 1
+    while first < len(lines) and not lines[first].strip():
+        first += 1
+    lines = lines[first:]
+    clusters_at = index_of(lines, "  clusters:")
+    clusters = split_items(lines[clusters_at + 1 :], "clusters")
+    if ROUTER_CLUSTER not in {name for name, _ in clusters}:
+        raise RenderError(f"{rel(ENVOY_SOURCE)}: no cluster named {ROUTER_CLUSTER}")
+    out = lines[: clusters_at + 1]
+    for name, item in clusters:
+        out += mtls_router(item) if name == ROUTER_CLUSTER else item
+    head = f"""\
+# GENERATED by deploy/kubernetes/render.py from deploy/envoy.yaml. Do not edit: change that file
+# and run `python3 deploy/kubernetes/render.py` (scripts/k8s-check fails while this file is stale).
+#
+# deploy/envoy.yaml for a responses-router that runs apart from Envoy, e.g. one router Deployment
+# and Service shared by several gateways, reached over mTLS. The comments below are
+# deploy/envoy.yaml's own; the differences are marked `mtls:`:
+#   - the router cluster is the router Service's DNS name ({MTLS_ROUTER_NAME}:50051),
+#     STRICT_DNS, with a TLS transport socket: Envoy presents a client certificate, and accepts
+#     only the router's certificate for that name from the router's CA;
+#   - the certificates come through file-based SDS from {MTLS_DIR}/ (deploy/router-tls/
+#     holds the two SDS files that name them), so they rotate without restarting Envoy;
+#   - a `node` identity, which SDS needs.
+# The router side: serve --listen 0.0.0.0:50051 --tls-cert ... --tls-key ... --tls-client-ca ...
+# (README.md, "mTLS when Envoy and the router run apart"). The rest (listener, model servers on
+# 127.0.0.1) is the local stack's; change it as for any deployment of deploy/envoy.yaml.
+# scripts/test validates this file with {MTLS_DIR} pointed at deploy/router-tls/;
+# tests/e2e/test_transport.py runs it with certificates made at test time.
+
+# mtls: file-based SDS needs a node identity; any id and cluster name do.
+node: {{ id: responses-gateway, cluster: responses-gateway }}
+
+"""
+    return head + "".join(out)
+
+
 def header(ini: Path, output: Path) -> list[str]:
     text = f"""\
 # GENERATED by deploy/kubernetes/render.py from deploy/envoy.yaml and
@@ -256,7 +409,8 @@ def header(ini: Path, output: Path) -> list[str]:
 #   - model-server clusters are STRICT_DNS on the Services named in upstreams.ini: a headless
 #     Service gives Envoy one host per ready pod, so host pinning can pick the pod that holds a
 #     conversation;
-#   - the router cluster stays 127.0.0.1:50051: the sidecar shares the pod's network namespace;
+#   - the router cluster is the sidecar's Unix socket {ROUTER_SOCKET}, in an
+#     emptyDir volume only the pod's two containers mount: ext_proc is not on the network;
 #   - a `probes` listener on 0.0.0.0:{PROBE_PORT} forwards GET /ready and GET /stats/prometheus to
 #     the admin interface, which stays on loopback.
 
@@ -298,7 +452,9 @@ def render_envoy(ini: Path) -> str:
     clusters = split_items(lines[clusters_at + 1 :], "clusters")
 
     names = [name for name, _ in clusters]
-    model_clusters = [n for n in names if n not in IN_POD_CLUSTERS]
+    if ROUTER_CLUSTER not in names:
+        raise RenderError(f"{rel(ENVOY_SOURCE)}: no cluster named {ROUTER_CLUSTER}")
+    model_clusters = [n for n in names if n != ROUTER_CLUSTER]
     missing = [n for n in model_clusters if n not in upstreams]
     unknown = [n for n in upstreams if n not in model_clusters]
     if missing:
@@ -316,8 +472,8 @@ def render_envoy(ini: Path) -> str:
     out += probe_listener(admin_port)
     out.append(lines[clusters_at])
     for name, item in clusters:
-        if name in IN_POD_CLUSTERS:
-            out += item
+        if name == ROUTER_CLUSTER:
+            out += unix_socket_router(item)
         else:
             address, port = upstreams[name]
             out += dns_cluster(name, item, address, port, ini)
@@ -337,7 +493,7 @@ def render_routing() -> str:
 
 def targets() -> dict[Path, str]:
     """Every generated file and its content."""
-    out = {ROUTING_COPY: render_routing()}
+    out = {ROUTING_COPY: render_routing(), MTLS_OUTPUT: render_mtls()}
     inis = sorted(HERE.rglob("upstreams.ini"))
     if not inis:
         raise RenderError(f"no upstreams.ini under {rel(HERE)}")

@@ -1,4 +1,4 @@
-//! Response id capture (`extproc::observe::IdCapture`) on SSE streams split into arbitrary chunks.
+//! Response id capture (`responses_router_core::learn::IdCapture`) on SSE streams split into arbitrary chunks.
 //!
 //! Input: one control byte, then chunk sizes, then the stream. The low 4 bits of the control byte
 //! say how many chunk-size bytes follow (each size is `byte + 1`, used cyclically); bit 7 pads the
@@ -10,7 +10,8 @@
 //!   `\r\n\r\n`) whose `data:` lines join to a JSON object with an object `response` holding a
 //!   non-empty string `id`, computed here by an independent reference; when no such event exists
 //!   in the first 64 KiB, nothing is found.
-//! - a JSON-mode capture of the same bytes agrees with the reference reading of a JSON body.
+//! - a JSON-mode capture of the same bytes agrees with the reference reading of a JSON body (its
+//!   object's first `id` entry; after it the capture reads nothing).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -61,19 +62,28 @@ impl<'a> Entries<'a> {
             (v, None) => Ok(v),
         }
     }
+
+    /// The first value of `key` (a created response's id is its first `id` entry).
+    fn first(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
 }
 
-/// `response.id` of one event's data, read strictly: objects only, no duplicate keys.
+/// The first `id` entry of a JSON object, when it is a non-empty string.
+fn first_id(object: &Entries<'_>) -> Option<String> {
+    let id: String = serde_json::from_str(object.first("id")?.get()).ok()?;
+    (!id.is_empty()).then_some(id)
+}
+
+/// `response.id` of one event's data: objects only, no duplicate `response`; the response's
+/// first `id` entry.
 fn reference_id_of_data(data: &str) -> Option<String> {
     let top: Entries<'_> = serde_json::from_str(data).ok()?;
     let response = top.get("response").ok()??;
     if response.get() == "null" {
         return None;
     }
-    let response: Entries<'_> = serde_json::from_str(response.get()).ok()?;
-    let id = response.get("id").ok()??;
-    let id: String = serde_json::from_str(id.get()).ok()?;
-    (!id.is_empty()).then_some(id)
+    first_id(&serde_json::from_str(response.get()).ok()?)
 }
 
 /// The reference: events end at the first `\n\n` or `\r\n\r\n`, scanning byte by byte.
@@ -175,17 +185,25 @@ fn check(data: &[u8]) {
         }
     }
 
-    // JSON mode: `id` of the whole body, strictly an object with one string `id`.
+    // JSON mode: the first `id` entry of the body's object. The capture stops reading there, so
+    // for a body that is broken (or has a bad `id`) after it, only consistency is checked: an id
+    // it finds is a non-empty string the body spells.
     if stream.len() <= 1 << 20 {
-        let expected = serde_json::from_slice::<Entries<'_>>(&stream)
-            .ok()
-            .and_then(|top| top.get("id").ok().flatten())
-            .and_then(|id| serde_json::from_str::<String>(id.get()).ok())
-            .filter(|id| !id.is_empty());
+        let valid = serde_json::from_slice::<Entries<'_>>(&stream).ok();
+        let expected = valid.as_ref().and_then(first_id);
         for outcome in [run(whole, false, true), run(&chunks, false, true)] {
             match (&expected, outcome) {
                 (Some(id), Capture::Found(got)) => assert_eq!(&got, id),
                 (None, Capture::GaveUp) => {}
+                (None, Capture::Found(got)) if valid.is_none() => {
+                    let spelled = serde_json::to_string(&got).expect("a string serializes");
+                    assert!(!got.is_empty(), "JSON mode: an empty id");
+                    assert!(
+                        stream.windows(spelled.len()).any(|w| w == spelled.as_bytes())
+                            || got.chars().any(|c| c == '/' || !c.is_ascii() || c.is_ascii_control()),
+                        "JSON mode: {got:?} is not in the body"
+                    );
+                }
                 (e, o) => panic!("JSON mode: expected {e:?}, got {o:?}"),
             }
         }

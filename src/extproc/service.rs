@@ -1,5 +1,5 @@
 //! The gRPC service Envoy calls (routing streams and observer streams), and the servers that expose
-//! it on TCP and a Unix socket.
+//! it: on TCP (plaintext, or mTLS), on a Unix socket, and gRPC health alone on a TCP port of its own.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -10,6 +10,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     external_processor_server::{ExternalProcessor, ExternalProcessorServer},
     processing_request::Request as Msg,
 };
+use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
 use responses_router_core::config::RoutingTable;
 use tokio::net::{TcpListener, UnixListener};
@@ -25,6 +26,7 @@ use crate::reload::SharedTable;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::Phase;
+use crate::tls::{self, ServerTls};
 
 /// The `envoy.service.ext_proc.v3.ExternalProcessor` implementation.
 #[derive(Clone)]
@@ -165,10 +167,19 @@ async fn drive<H: Hooks>(
     }
 }
 
-/// Where the ext_proc server listens; at least one must be set.
+/// Where the servers listen; `tcp` or `uds` must be set.
+#[derive(Default)]
 pub struct Listeners {
+    /// ext_proc, RouterAdmin and health over TCP: plaintext, or mTLS when `tls` is set.
     pub tcp: Option<TcpListener>,
+    /// Makes `tcp` serve TLS only, to clients with a certificate from its client CAs.
+    pub tls: Option<Arc<ServerTls>>,
+    /// ext_proc, RouterAdmin and health over a Unix socket (plaintext; the socket file's
+    /// permissions and the volume it lives in decide who may connect).
     pub uds: Option<UnixListener>,
+    /// gRPC health alone (kubelet's gRPC probes), plaintext: every other service is unknown
+    /// there (`Unimplemented`).
+    pub health: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -184,8 +195,9 @@ impl Listeners {
     }
 }
 
-/// Serves the ext_proc service, the RouterAdmin API and gRPC health on every listener until
-/// `shutdown` completes; streams in flight are then allowed to finish.
+/// Serves the ext_proc service, the RouterAdmin API and gRPC health on the `tcp` and `uds`
+/// listeners, and gRPC health alone on `health`, until `shutdown` completes; streams in flight
+/// are then allowed to finish. The first server to fail ends them all.
 pub async fn serve(
     service: RouterService,
     listeners: Listeners,
@@ -205,32 +217,54 @@ pub async fn serve(
     };
     let api = AdminApi::new(service.table.clone(), Arc::clone(&service.store));
     let router = tonic::transport::Server::builder()
-        .add_service(health)
+        .add_service(health.clone())
         .add_service(api.into_server())
         .add_service(service.into_server());
-    let tcp = listeners.tcp.map(|l| {
-        // Nagle's algorithm against Envoy's delayed ACKs would hold each small reply ~40 ms.
-        let incoming = TcpListenerStream::new(l).map(|conn| {
-            conn.inspect(|c| {
-                if let Err(e) = c.set_nodelay(true) {
-                    tracing::warn!("TCP_NODELAY not set: {e}");
-                }
-            })
-        });
-        router
-            .clone()
-            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()))
-    });
-    let uds = listeners.uds.map(|l| {
-        router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stopped(stop_rx.clone()))
-    });
-    match (tcp, uds) {
-        (Some(t), Some(u)) => {
-            let (a, b) = tokio::join!(t, u);
-            a.and(b)
-        }
-        (Some(t), None) => t.await,
-        (None, Some(u)) => u.await,
-        (None, None) => Ok(()),
+    let mut servers: Vec<BoxFuture<'static, Result<(), tonic::transport::Error>>> = Vec::new();
+    match (listeners.tcp, listeners.tls) {
+        (Some(l), Some(tls)) => servers.push(Box::pin(
+            router
+                .clone()
+                .serve_with_incoming_shutdown(tls::incoming(l, tls), stopped(stop_rx.clone())),
+        )),
+        (Some(l), None) => servers.push(Box::pin(
+            router
+                .clone()
+                .serve_with_incoming_shutdown(tcp_incoming(l), stopped(stop_rx.clone())),
+        )),
+        (None, _) => {}
     }
+    if let Some(l) = listeners.uds {
+        servers.push(Box::pin(router.serve_with_incoming_shutdown(
+            UnixListenerStream::new(l),
+            stopped(stop_rx.clone()),
+        )));
+    }
+    if let Some(l) = listeners.health {
+        // A server of its own with the health service only: ext_proc and RouterAdmin are
+        // unknown services there, so this port can be open to kubelet (the node) without
+        // opening the router to whoever else reaches it.
+        servers.push(Box::pin(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming_shutdown(tcp_incoming(l), stopped(stop_rx.clone())),
+        ));
+    }
+    futures_util::future::try_join_all(servers)
+        .await
+        .map(|_| ())
+}
+
+/// Plaintext TCP connections, with Nagle's algorithm off: against Envoy's delayed ACKs it would
+/// hold each small reply ~40 ms.
+fn tcp_incoming(
+    listener: TcpListener,
+) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|c| {
+            if let Err(e) = c.set_nodelay(true) {
+                tracing::warn!("TCP_NODELAY not set: {e}");
+            }
+        })
+    })
 }

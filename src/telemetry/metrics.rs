@@ -6,7 +6,7 @@
 //! Where an OpenTelemetry GenAI attribute fits, its name is used (`gen_ai_request_model`,
 //! `gen_ai_operation_name`).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -74,6 +74,10 @@ pub struct Metrics {
     body_bytes: Histogram,
     store_entries: Gauge,
     store_up: Gauge,
+    tls_reloads: Family<ResultLabels, Counter>,
+    tls_handshakes: Family<ResultLabels, Counter>,
+    /// The shared store's counters, read at each scrape once `serve` has built the store.
+    shared_store: Arc<OnceLock<Arc<responses_router_redis::Counters>>>,
 }
 
 /// Where the router spent the time measured by the decision-duration histogram.
@@ -174,6 +178,23 @@ impl Default for Metrics {
             "1 when the affinity store's backend answered its last check, 0 when degraded",
             store_up.clone(),
         );
+        let tls_reloads = Family::default();
+        registry.register(
+            "tls_reloads",
+            "Loads of the gRPC listener's TLS certificates (the first at start), by result: ok, \
+             rejected (unusable files; the certificates in force stay)",
+            tls_reloads.clone(),
+        );
+        let tls_handshakes = Family::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes on the gRPC listener, by result: ok, failed (e.g. a client without a \
+             valid certificate), closed (the peer left before a handshake: a port check), \
+             timeout, shed (too many handshakes at once)",
+            tls_handshakes.clone(),
+        );
+        let shared_store = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(SharedStoreCollector(Arc::clone(&shared_store))));
         Metrics {
             registry,
             decisions,
@@ -188,6 +209,9 @@ impl Default for Metrics {
             body_bytes,
             store_entries,
             store_up,
+            tls_reloads,
+            tls_handshakes,
+            shared_store,
         }
     }
 }
@@ -261,10 +285,9 @@ impl Metrics {
     }
 
     /// Exports the shared (Redis) store's counters: the write-behind queue, re-seeds after Redis
-    /// lost its data, Redis errors and cluster reconnections.
-    pub fn register_shared_store(&mut self, counters: Arc<responses_router_redis::Counters>) {
-        self.registry
-            .register_collector(Box::new(SharedStoreCollector(counters)));
+    /// lost its data, Redis errors and cluster slot moves (once; later calls change nothing).
+    pub fn register_shared_store(&self, counters: Arc<responses_router_redis::Counters>) {
+        let _ = self.shared_store.set(counters);
     }
 
     /// Records the affinity store's state, as last checked.
@@ -272,6 +295,21 @@ impl Metrics {
         self.store_entries
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
         self.store_up.set(i64::from(up));
+    }
+
+    /// Counts a load of the TLS certificates (`accepted`: swapped in, else rejected).
+    pub fn tls_loaded(&self, accepted: bool) {
+        let result = if accepted { "ok" } else { "rejected" };
+        self.tls_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Counts a TLS handshake by result (`ok`, `failed`, `closed`, `timeout`, `shed`).
+    pub fn tls_handshake(&self, result: &'static str) {
+        self.tls_handshakes
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// The classic Prometheus text format (0.0.4), for clients that do not ask for OpenMetrics
@@ -310,13 +348,17 @@ impl Metrics {
     }
 }
 
-/// Reads the shared store's atomics at each scrape (the store counts; this only reports).
+/// Reads the shared store's atomics at each scrape (the store counts; this only reports), once
+/// a shared store is registered; nothing before (an in-process store has no such series).
 #[derive(Debug)]
-struct SharedStoreCollector(Arc<responses_router_redis::Counters>);
+struct SharedStoreCollector(Arc<OnceLock<Arc<responses_router_redis::Counters>>>);
 
 impl Collector for SharedStoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = self.0.snapshot();
+        let Some(counters) = self.0.get() else {
+            return Ok(());
+        };
+        let s = counters.snapshot();
         let counters: [(&str, &str, u64); 7] = [
             (
                 "affinity_write_behind_queued",

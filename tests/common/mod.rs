@@ -70,7 +70,7 @@ pub async fn start_with(yaml: &str, store: Arc<dyn Store>) -> Router {
         service,
         Listeners {
             tcp: Some(listener),
-            uds: None,
+            ..Default::default()
         },
         async move {
             let _ = stopped.await;

@@ -31,17 +31,18 @@ import httpx
 import openai
 
 from helpers import CONVERSATION_PROMPTS as PROMPTS, SIMULATOR_OUTPUT as OUTPUT
+from procs import (
+    ROUTING_YAML, SIMULATORS, STARTUP_TIMEOUT, Proc, free_ports, gateway_env, http_status, render_gateway,
+    simulator_argv, simulator_binary, tcp_open,
+)
 
 CLUSTER_SH = Path(__file__).resolve().parents[1] / "support" / "redis" / "cluster.sh"
-from procs import (
-    ENVOY_YAML, ROOT, ROUTING_YAML, SHIPPED_PORTS, SIMULATORS, STARTUP_TIMEOUT, Proc, free_ports, http_status,
-    render_ports, simulator_argv, simulator_binary, tcp_open,
-)
 
 
 
 class Fleet:
-    """Simulators, `replicas` router+Envoy pairs and an optional shared Redis, on free ports.
+    """Simulators, `replicas` router+Envoy pairs and an optional shared Redis, on free ports. In the
+    `module` form each replica is one Envoy with the router inside (no router process).
 
     `redis`: False, True (one redis-server; `redis_persist`: with an append-only file, so a
     restart keeps its data) or "cluster" (3 masters + 3 replicas).
@@ -49,7 +50,11 @@ class Fleet:
 
     def __init__(self, workdir: Path, router_bin: str, envoy_bin: str, *, replicas: int = 1,
                  redis: bool | str = False, redis_persist: bool = False,
-                 router_env: dict[str, str] | None = None, routing_yaml: Path = ROUTING_YAML):
+                 router_env: dict[str, str] | None = None, routing_yaml: Path = ROUTING_YAML,
+                 form: str = "ext_proc"):
+        if form == "module" and routing_yaml != ROUTING_YAML:
+            raise ValueError("the module form reads the shipped routing YAML (deploy/envoy-module.yaml)")
+        self.form = form
         self.workdir = workdir
         self.router_bin = router_bin
         self.envoy_bin = envoy_bin
@@ -94,7 +99,8 @@ class Fleet:
                 "--listen", f"127.0.0.1:{p['router']}", "--admin-listen", f"127.0.0.1:{p['router_admin']}"]
 
     def start_router(self, i: int = 0) -> Proc:
-        """Starts router i and returns once its gRPC port accepts connections."""
+        """Starts router i and returns once its gRPC port accepts connections (ext_proc form)."""
+        assert self.form == "ext_proc", "the module form has no router process"
         proc = self._start(f"router-{i}", self.router_argv(i), self.env)
         proc.wait_until(lambda: tcp_open(self.replica_ports[i]["router"]), STARTUP_TIMEOUT, "gRPC listener")
         return proc
@@ -104,10 +110,11 @@ class Fleet:
         ports = {"listener": p["listener"], "admin": p["admin"], "router": p["router"],
                  **{key: self.sim_ports[name] for name, (key, _) in SIMULATORS.items()}}
         config = self.workdir / f"envoy-{i}.yaml"
-        config.write_text(render_ports(ENVOY_YAML.read_text(),
-                                       {SHIPPED_PORTS[k]: ports[k] for k in SHIPPED_PORTS}, str(ENVOY_YAML)))
+        config.write_text(render_gateway(self.form, ports))
+        # In the module form the router is in Envoy: Envoy's environment is the router's.
         proc = self._start(f"envoy-{i}", [self.envoy_bin, "-c", str(config), "--disable-hot-restart",
-                                          "--log-level", "warning"])
+                                          "--log-level", "warning"],
+                           gateway_env(self.form, self.router_bin, self.env))
         proc.wait_until(lambda: http_status(p["admin"], "/ready") == 200, STARTUP_TIMEOUT, "/ready == 200")
         proc.wait_until(lambda: tcp_open(p["listener"]), STARTUP_TIMEOUT, "listener")
         return proc
@@ -151,7 +158,8 @@ class Fleet:
         for name in SIMULATORS:
             self.start_sim(name)
         for i in range(len(self.replica_ports)):
-            self.start_router(i)
+            if self.form == "ext_proc":
+                self.start_router(i)
             self.start_envoy(i)
         return self
 

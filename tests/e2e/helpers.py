@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+import time
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
 
 # sim-code streams slowly (5 chunks, 200 ms apart) so the streaming tests can tell a pass-through
 # stream from a buffered one; sim-general streams at full speed (see conftest.py).
@@ -55,3 +58,17 @@ def assert_openai_error(response, status: int, *, error_type: str | None = None,
     if code is not None:
         assert error["code"] == code, error
     return error
+
+
+def eventually(check: Callable[[], T], timeout: float = 5.0) -> T:
+    """`check()`'s result once it stops failing an assertion, or its last failure after `timeout`
+    seconds. For the module form's stats, which Envoy's main thread publishes about ten times a
+    second rather than on every increment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)

@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 # the tests and benchmarks start on free ports instead of these.
 ROOT = Path(__file__).resolve().parents[2]
 ENVOY_YAML = ROOT / "deploy" / "envoy.yaml"
+# The router inside Envoy (crates/envoy-module), rendered from ENVOY_YAML by deploy/render_module.py.
+ENVOY_MODULE_YAML = ROOT / "deploy" / "envoy-module.yaml"
 ROUTING_YAML = ROOT / "deploy" / "routing.yaml"
 SHIPPED_PORTS = {
     "listener": 8080, "admin": 9901, "router": 50051,
@@ -36,7 +38,51 @@ SIMULATORS = {
 STARTUP_TIMEOUT = 30.0
 # `cargo build` arguments for the two binaries the stack runs: the router and the model-server
 # simulator (its own package, so the production binary does not carry it).
-CARGO_PACKAGES = ["-p", "responses-router", "-p", "responses-router-simulator"]
+CARGO_PACKAGES = ["-p", "responses-router", "-p", "responses-router-simulator",
+                  "-p", "responses-router-envoy-module"]
+
+# The two forms of the router the end-to-end suite runs against: the ext_proc service beside Envoy,
+# and the dynamic module inside it. E2E_FORMS=ext_proc (or module) runs one of them.
+FORMS = ("ext_proc", "module")
+# The file name Envoy loads for `dynamic_module_config.name: responses_router_envoy`.
+MODULE_FILE = "libresponses_router_envoy.so"
+
+
+def enabled_forms() -> list[str]:
+    wanted = [f.strip() for f in os.environ.get("E2E_FORMS", ",".join(FORMS)).split(",") if f.strip()]
+    unknown = set(wanted) - set(FORMS)
+    if unknown:
+        raise StartupError(f"E2E_FORMS: unknown form(s) {sorted(unknown)}; known: {', '.join(FORMS)}")
+    return wanted
+
+
+def module_dir(router_bin: str | Path) -> str:
+    """The directory holding the module built beside `router_bin` (same profile), unless
+    RESPONSES_ROUTER_MODULE_DIR names one; Envoy finds it through ENVOY_DYNAMIC_MODULES_SEARCH_PATH."""
+    return os.environ.get("RESPONSES_ROUTER_MODULE_DIR") or str(Path(router_bin).parent)
+
+
+def render_gateway(form: str, ports: dict[str, int]) -> str:
+    """The shipped Envoy config of `form` on `ports` (keys of SHIPPED_PORTS; the module form has no
+    router port), with the module's routing YAML as an absolute path so Envoy may run anywhere."""
+    if form == "module":
+        text = ENVOY_MODULE_YAML.read_text()
+        wanted = {k: v for k, v in SHIPPED_PORTS.items() if k != "router"}
+        text = render_ports(text, {wanted[k]: ports[k] for k in wanted}, str(ENVOY_MODULE_YAML))
+        relative = "routing_yaml: deploy/routing.yaml"
+        if text.count(relative) != 1:
+            raise StartupError(f"{ENVOY_MODULE_YAML}: expected exactly one {relative!r}")
+        return text.replace(relative, f"routing_yaml: {ROUTING_YAML}")
+    return render_ports(ENVOY_YAML.read_text(), {SHIPPED_PORTS[k]: ports[k] for k in SHIPPED_PORTS},
+                        str(ENVOY_YAML))
+
+
+def gateway_env(form: str, router_bin: str | Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment Envoy runs with: for the module form, where to find the module."""
+    out = dict(env if env is not None else os.environ)
+    if form == "module":
+        out["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = module_dir(router_bin)
+    return out
 
 
 class StartupError(RuntimeError):

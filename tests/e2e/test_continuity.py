@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from helpers import CONVERSATION_PROMPTS as PROMPTS, SIMULATOR_OUTPUT as OUTPUT
+from helpers import CONVERSATION_PROMPTS as PROMPTS, SIMULATOR_OUTPUT as OUTPUT, eventually
 
 CONVERSATIONS = 200
 TURNS = 5
@@ -108,20 +108,29 @@ def test_every_turn_reaches_its_state(stack):
 
 
 def test_router_metrics_show_what_was_learned_and_used(stack):
-    """The router's /metrics (admin port) after the conversations above: ids learned from JSON
-    answers and from streams, and continuations placed by learned affinity."""
-    # Ask for OpenMetrics, as a Prometheus server does.
-    text = httpx.get(f"http://127.0.0.1:{stack.router_admin_port}/metrics", timeout=5,
-                     headers={"accept": "application/openmetrics-text; version=1.0.0"}).text
-    counters = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            counters[name] = float(value)
-    assert counters.get('responses_router_learned_ids_total{source="json"}', 0) >= CONVERSATIONS, counters
-    assert counters.get('responses_router_learned_ids_total{source="sse"}', 0) >= CONVERSATIONS, counters
-    assert counters.get('responses_router_affinity_total{outcome="hit"}', 0) >= CONVERSATIONS * (TURNS - 1), counters
-    assert text.endswith("# EOF\n")
+    """The router's metrics after the conversations above: ids learned from JSON answers and from
+    streams, and continuations placed by learned affinity. The ext_proc form serves them on its
+    admin port (OpenMetrics, as a Prometheus server asks); the module form exports them as Envoy's
+    own stats (`envoy_responses_router_*` at Envoy's /stats/prometheus)."""
+    def check():
+        if stack.form == "ext_proc":
+            text = httpx.get(f"http://127.0.0.1:{stack.router_admin_port}/metrics", timeout=5,
+                             headers={"accept": "application/openmetrics-text; version=1.0.0"}).text
+            assert text.endswith("# EOF\n")
+            name = "responses_router_{}_total{{{}}}".format
+        else:
+            text = stack.router_metrics()
+            name = "envoy_responses_router_{}{{{}}}".format
+        counters = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, value = line.rsplit(" ", 1)
+                counters[key] = float(value)
+        assert counters.get(name("learned_ids", 'source="json"'), 0) >= CONVERSATIONS, counters
+        assert counters.get(name("learned_ids", 'source="sse"'), 0) >= CONVERSATIONS, counters
+        assert counters.get(name("affinity", 'outcome="hit"'), 0) >= CONVERSATIONS * (TURNS - 1), counters
+
+    eventually(check)
 
 
 def test_without_learning_continuations_get_lost(stack_without_learning):
@@ -132,6 +141,7 @@ def test_without_learning_continuations_get_lost(stack_without_learning):
     assert len(failures) >= 20, f"only {len(failures)} of 40 conversations broke without learning"
 
 
+@pytest.mark.forms("ext_proc")
 def test_replicas_share_affinity_through_redis_and_across_a_restart(replicas):
     """Turns alternate between two router replicas (each behind its own Envoy) that share what they
     learn through Redis; after turn 3, one router restarts with empty memory. No turn may lose its

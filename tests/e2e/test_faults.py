@@ -40,11 +40,12 @@ def _record(case: str, values: dict) -> None:
 
 
 @pytest.fixture
-def fleet_factory(tmp_path):
+def fleet_factory(tmp_path, form):
+    """Fleets of the router form under test (`form` is parametrized by conftest.py)."""
     fleets: list[Fleet] = []
 
     def make(**kwargs) -> Fleet:
-        fleet = Fleet(tmp_path, str(_router_binary()), _envoy_binary(), **kwargs)
+        fleet = Fleet(tmp_path, str(_router_binary()), _envoy_binary(), form=form, **kwargs)
         fleets.append(fleet)
         print(f"fleet logs in {tmp_path}")  # shown with the captured output of a failed test
         return fleet.start()
@@ -74,6 +75,7 @@ def _stream_at_kill(t, turns, t_kill: float) -> bool:
     return bool(previous) and previous[-1].stream and previous[-1].start <= t_kill <= previous[-1].end + 0.2
 
 
+@pytest.mark.forms("ext_proc")  # the module form has no router process of its own
 @pytest.mark.parametrize("store", ["redis", "memory"])
 def test_router_killed_and_restarted(fleet_factory, store):
     """SIGKILL the router under load, keep it down, restart it.
@@ -251,6 +253,7 @@ def _replayed(fleet: Fleet, i: int, reseed: bool) -> bool:
             and (not reseed or m.get("reseeds_total", 0) >= 1))
 
 
+@pytest.mark.forms("ext_proc")  # the module form shares through Redis once it runs the same store
 @pytest.mark.parametrize("restart", ["empty", "with_data"])
 def test_redis_outage_is_replayed(fleet_factory, restart):
     """SIGKILL the shared Redis of two router replicas under load for 4 s, restart it empty (no
@@ -339,6 +342,7 @@ def test_redis_outage_is_replayed(fleet_factory, restart):
     })
 
 
+@pytest.mark.forms("ext_proc")
 def test_redis_cluster_master_fails_over_under_load(fleet_factory):
     """Two router replicas share through a real Redis Cluster (3 masters + 3 replicas on
     loopback, cluster-node-timeout 2 s); a master is SIGKILLed under load and its replica

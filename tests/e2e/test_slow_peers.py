@@ -17,10 +17,9 @@ from typing import Iterator
 import httpx
 import pytest
 
-from conftest import (ROUTING_YAML, STARTUP_TIMEOUT, Stack, _envoy_binary, _router_binary, envoy_argv,
-                      render_envoy_yaml, start_proc, wait_envoy_ready)
+from conftest import STARTUP_TIMEOUT, Stack, _router_binary, start_gateway, start_proc
 from helpers import CODING_PROMPT
-from procs import free_ports, http_status, simulator_argv, simulator_binary, tcp_open
+from procs import free_ports, http_status, simulator_argv, simulator_binary
 from test_body import received_body, spliced
 from test_hostile import parse_response
 
@@ -47,35 +46,32 @@ def envoy_allocated_bytes(admin_url: str) -> int:
 
 @pytest.fixture(scope="module")
 def slow_stack(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Its own Envoy and router whose `code` cluster is a simulator streaming for minutes (the other
-    clusters are the shared simulators), so the long stream slows no other test."""
-    workdir = tmp_path_factory.mktemp("slow")
+    """Its own Envoy and router (of the stack's form) whose `code` cluster is a simulator streaming
+    for minutes (the other clusters are the shared simulators), so the long stream slows no other
+    test."""
+    workdir = tmp_path_factory.mktemp(f"slow-{stack.form}")
     binary = _router_binary()
     ports = {**stack.ports, **dict(zip(("listener", "admin", "router", "code"), free_ports(4)))}
     env = {**os.environ, "RUST_BACKTRACE": "1"}
     sim = start_proc("sim-code-slow", simulator_argv(simulator_binary(binary), "sim-code-slow", ports["code"],
                                                      "code-model", "--chunk-delay-ms", str(LONG_STREAM_DELAY_MS),
                                                      "--stream-chunks", str(LONG_STREAM_CHUNKS)), workdir, env)
-    router = start_proc("router-slow", [str(binary), "serve", "--config", str(ROUTING_YAML), "--admin-listen",
-                                        "none", "--listen", f"127.0.0.1:{ports['router']}"], workdir, env)
-    envoy = start_proc("envoy-slow", envoy_argv(_envoy_binary(), render_envoy_yaml(workdir / "envoy.yaml", ports)),
-                       workdir, env)
+    procs: dict = {"sim-code-slow": sim}
     try:
         sim.wait_until(lambda: http_status(ports["code"], "/v1/models") > 0, STARTUP_TIMEOUT, "HTTP answer")
-        router.wait_until(lambda: tcp_open(ports["router"]), STARTUP_TIMEOUT, "gRPC listener")
-        wait_envoy_ready(envoy, ports)
+        procs.update(start_gateway(stack.form, "slow", ports, workdir, env))
         yield Stack(
             base_url=f"http://127.0.0.1:{ports['listener']}/v1",
             envoy_url=f"http://127.0.0.1:{ports['listener']}",
             admin_url=f"http://127.0.0.1:{ports['admin']}",
             sim_urls={**stack.sim_urls, "sim-code-slow": f"http://127.0.0.1:{ports['code']}"},
             ports=ports,
-            procs={"router": router, "envoy": envoy, "sim-code-slow": sim},
+            procs=procs,
+            form=stack.form,
         )
     finally:
-        envoy.stop()
-        router.stop()
-        sim.stop()
+        for proc in procs.values():
+            proc.stop()
 
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
@@ -114,7 +110,8 @@ def test_backend_streaming_for_minutes_is_not_cut_and_holds_no_growing_memory(sl
     faulthandler.cancel_dump_traceback_later()
     faulthandler.dump_traceback_later(LONG_STREAM_CHUNKS * LONG_STREAM_DELAY_MS / 1000 + 120, exit=False)
 
-    router_pid = slow_stack.procs["router"].popen.pid
+    # The router's own process, or in the module form the Envoy it runs in.
+    router_pid = slow_stack.procs["router" if slow_stack.form == "ext_proc" else "envoy"].popen.pid
     body = {"model": "auto", "input": CODING_PROMPT, "stream": True}
     events: list[dict] = []
     rss: list[int] = []
@@ -153,4 +150,4 @@ def test_backend_streaming_for_minutes_is_not_cut_and_holds_no_growing_memory(sl
     assert len(rss) >= 8
     assert max(rss) - rss[0] < 8 * MIB, [r // 1024 for r in rss]
     assert max(envoy_mem) - envoy_mem[0] < 8 * MIB, envoy_mem
-    assert slow_stack.procs["router"].alive()
+    assert slow_stack.router_alive()

@@ -1,6 +1,6 @@
 //! Real processes for the integration tests that need them: free loopback ports, a `redis-server`
 //! (Debian's package; scripts/test installs it) killed when dropped, certificates made by
-//! tests/support/redis/certs.sh and a Redis Cluster made by tests/support/redis/cluster.sh.
+//! tests/support/pki.sh and a Redis Cluster made by tests/support/redis/cluster.sh.
 //! Shared by the root package's tests and crates/redis-store's.
 
 #![allow(dead_code)] // Each test file uses a different part.
@@ -28,14 +28,14 @@ pub fn redis_scripts() -> PathBuf {
         .expect("tests/support/redis/cluster.sh above the package")
 }
 
-/// A test PKI in `dir` (see certs.sh): ca, server (localhost, 127.0.0.1), client, other-ca,
-/// other-client; `.crt` and `.key` each.
+/// A test PKI in `dir` (tests/support/pki.sh): ca, server (localhost, 127.0.0.1), client,
+/// other-ca, other-client; `.crt` and `.key` each.
 pub fn make_certificates(dir: &Path) -> PathBuf {
-    let status = Command::new(redis_scripts().join("certs.sh"))
+    let status = Command::new(redis_scripts().join("../pki.sh"))
         .arg(dir)
         .status()
         .expect("bash and openssl");
-    assert!(status.success(), "certs.sh failed");
+    assert!(status.success(), "pki.sh failed");
     dir.to_owned()
 }
 

@@ -8,8 +8,10 @@
 //! served; for SSE only the first bytes are read, so a stream is never held.
 
 use std::borrow::Cow;
+use std::fmt;
 
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 /// Most bytes of SSE read while looking for the first event that names the response.
 const SSE_LIMIT: usize = 64 * 1024;
@@ -70,25 +72,66 @@ pub struct IdCapture {
 }
 
 #[derive(Deserialize)]
-struct WithId<'a> {
-    #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
 struct Event<'a> {
     #[serde(borrow)]
     response: Option<&'a serde_json::value::RawValue>,
 }
 
-/// The non-empty string `id` of a JSON object. serde's derived structs also accept an array (fields
-/// by position), which is no response or conversation object, so anything but an object is refused.
+/// The `id` of a JSON object: its first top-level `id` entry, which must be a non-empty string.
+/// The entries before it are parsed (a body that is not an object, or is broken before its id,
+/// teaches nothing); the rest is not read: backends write `id` first, and a created response can be
+/// large, so reading on would cost every created response a scan of its whole body. (serde's
+/// derived structs would also accept an array, read by position: only an object counts here.)
 fn object_id(json: &[u8]) -> Option<String> {
     if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return None;
     }
-    let id = serde_json::from_slice::<WithId<'_>>(json).ok()?.id?;
-    (!id.is_empty()).then(|| id.into_owned())
+    let mut found = None;
+    // Stopping at the id leaves the object unfinished, which serde_json reports as an error once
+    // the visitor returns: the id is in `found` by then.
+    let _ = serde_json::Deserializer::from_slice(json).deserialize_map(FirstId(&mut found));
+    found.filter(|id: &String| !id.is_empty())
+}
+
+/// Reads a JSON object's entries up to its first `id`.
+struct FirstId<'f>(&'f mut Option<String>);
+
+impl<'de> Visitor<'de> for FirstId<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<IsId>()? {
+            if key.0 {
+                *self.0 = Some(map.next_value::<Cow<'de, str>>()?.into_owned());
+                return Ok(());
+            }
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether an object key is `id` (escaped spellings included), without allocating.
+struct IsId(bool);
+
+impl<'de> Deserialize<'de> for IsId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = IsId;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<IsId, E> {
+                Ok(IsId(v == "id"))
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
 }
 
 impl IdCapture {
@@ -99,6 +142,11 @@ impl IdCapture {
             buf: Vec::new(),
             scanned: 0,
         }
+    }
+
+    /// The body format this capture reads.
+    pub fn format(&self) -> Format {
+        self.format
     }
 
     /// Feeds one body chunk; `end` marks the last one.
@@ -205,6 +253,27 @@ mod tests {
         );
         assert_eq!(of(Some("200"), Some("text/plain"), None), None);
         assert_eq!(of(None, Some("application/json"), None), None);
+    }
+
+    #[test]
+    fn a_json_id_is_the_first_id_entry_and_the_rest_is_not_read() {
+        let found = |body: &[u8]| IdCapture::new(Format::Json).feed(body, true);
+        assert_eq!(
+            found(br#"{"object":"response","id":"resp_2","output":[{"id":"msg_1"}]}"#),
+            Capture::Found("resp_2".into())
+        );
+        assert_eq!(
+            found(br#"{"id":"resp_1", "output": [ unparsed rest"#),
+            Capture::Found("resp_1".into()),
+            "what follows the id is not read"
+        );
+        assert_eq!(found(br#"{"bad": x, "id":"resp_1"}"#), Capture::GaveUp);
+        assert_eq!(found(br#"{"id":7,"id":"resp_1"}"#), Capture::GaveUp);
+        assert_eq!(found(br#"{"id":""}"#), Capture::GaveUp);
+        assert_eq!(
+            found(br#"{"\u0069d":"resp_e"}"#),
+            Capture::Found("resp_e".into())
+        );
     }
 
     #[test]

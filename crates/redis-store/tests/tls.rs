@@ -1,5 +1,5 @@
 //! Redis over TLS against a real `redis-server --tls-port` (and a TLS Redis Cluster), with
-//! certificates made by tests/support/redis/certs.sh: an ACL user whose password comes from a
+//! certificates made by tests/support/pki.sh: an ACL user whose password comes from a
 //! file, a client certificate, and what a wrong CA, a wrong password or a bad file give: a clear
 //! error and the degraded mode, never a crash.
 

@@ -7,7 +7,8 @@
 #       is whole: cluster_state:ok on every node, every replica's link up, every node seeing all
 #       three replicas. Prints the data ports on one line; writes DIR/env.
 #       --tls   TLS only (no plain port), also on the cluster bus and for replication; certificates
-#               from DIR/pki (made with certs.sh when missing). Clients: rediss://, CA DIR/pki/ca.crt.
+#               from DIR/pki (made with tests/support/pki.sh when missing). Clients: rediss://, CA
+#               DIR/pki/ca.crt.
 #       --acl   default user off; user "router", password in DIR/password; replicas authenticate
 #               with it too.
 #       --node-timeout MS  cluster-node-timeout (default 2000; Redis' own default is 15000).
@@ -135,7 +136,7 @@ cmd_up() {
   done
   mkdir -p "$DIR"
   DIR=$(cd "$DIR" && pwd) # absolute: daemonized servers run in /
-  if [[ $TLS == 1 && ! -f $DIR/pki/ca.crt ]]; then "$here/certs.sh" "$DIR/pki"; fi
+  if [[ $TLS == 1 && ! -f $DIR/pki/ca.crt ]]; then "$here/../pki.sh" "$DIR/pki"; fi
   if [[ $ACL == 1 && ! -f $DIR/password ]]; then
     printf 'pw-%s' "$(openssl rand -hex 12)" >"$DIR/password"
   fi

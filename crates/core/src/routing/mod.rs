@@ -75,7 +75,7 @@ fn is_identity_encoding(value: &str) -> bool {
 }
 
 /// The response to a request of `kind` must be watched to learn where its new state lives.
-pub fn learns_from(table: &RoutingTable, kind: &RequestKind) -> bool {
+fn learns_from(table: &RoutingTable, kind: &RequestKind) -> bool {
     kind.creates_state() && table.learns()
 }
 
