@@ -118,6 +118,10 @@ enum Command {
     Validate {
         #[arg(long)]
         config: PathBuf,
+        /// Do not read the credential and certificate files and environment variables that
+        /// `affinity.redis` names (check the YAML alone, e.g. in CI where Secrets are not mounted).
+        #[arg(long)]
+        offline: bool,
     },
     /// Print the decision for one request, through the same code path the service uses.
     Explain {
@@ -227,8 +231,16 @@ fn run(command: Command) -> Result<(), Failure> {
                     }
                 })
         }
-        Command::Validate { config: path } => {
-            let compiled = config::load(&path)
+        Command::Validate {
+            config: path,
+            offline,
+        } => {
+            let secrets = if offline {
+                config::Secrets::Skip
+            } else {
+                config::Secrets::Read
+            };
+            let compiled = config::load_with(&path, secrets)
                 .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
             let table = &compiled.table;
             println!(
@@ -247,7 +259,7 @@ fn run(command: Command) -> Result<(), Failure> {
             body_file,
             request_id,
         } => {
-            let compiled = config::load(&path)
+            let compiled = config::load_with(&path, config::Secrets::Skip)
                 .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
             // Only the endpoints whose route depends on the body read one.
             let kind = RequestKind::from_request(&method, &request_path, false);

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use responses_router_core::config::{AffinityConfig, ConfigError};
 
 use crate::extproc::{self, RouterService, service::Listeners};
 use crate::reload::{Reloader, SharedTable};
-use crate::store::{RedisStore, Store};
+use crate::store::{SharedStore, Store};
 use crate::telemetry::{self, Metrics};
 use crate::tls::{ServerTls, TlsError, TlsFiles};
 
@@ -149,12 +149,15 @@ pub async fn serve(
         "responses-router serving ext_proc"
     );
     let affinity = &compiled.settings.affinity;
-    let store = build_store(affinity)?;
+    let store = build_store(affinity, &options.config)?;
     tracing::info!(
         learn = affinity.learn,
-        shared = affinity.redis_url.is_some(),
+        shared = affinity.shares(),
         "affinity store ready"
     );
+    if let Some(counters) = store.shared_counters() {
+        metrics.register_shared_store(counters);
+    }
     if let Some(admin_listen) = &options.admin_listen {
         let listener = tokio::net::TcpListener::bind(admin_listen)
             .await
@@ -199,17 +202,26 @@ pub async fn serve(
     Ok(())
 }
 
-/// The affinity store the settings ask for: none (learning off), memory, or memory + Redis.
-fn build_store(affinity: &AffinityConfig) -> Result<Arc<dyn Store>, ServeError> {
+/// The affinity store the settings ask for: none (learning off), memory, or memory + Redis
+/// (credential and certificate files are read here, so a missing one stops the start).
+fn build_store(affinity: &AffinityConfig, path: &Path) -> Result<Arc<dyn Store>, ServeError> {
     let ttl = Duration::from_secs(affinity.ttl_seconds);
-    Ok(match (affinity.learn, &affinity.redis_url) {
-        (false, _) => Arc::new(NoStore),
-        (true, None) => Arc::new(MemoryStore::new(affinity.capacity, ttl)),
-        (true, Some(url)) => {
-            let local = MemoryStore::new(affinity.capacity, ttl);
-            let store = RedisStore::new(url, &affinity.redis_key_prefix, local, ttl)
-                .map_err(|e| ServeError::Usage(format!("affinity.redis_url: {e}")))?;
-            Arc::new(store)
-        }
+    if !affinity.learn {
+        return Ok(Arc::new(NoStore));
+    }
+    let local = MemoryStore::new(affinity.capacity, ttl);
+    let settings =
+        responses_router_redis::RedisSettings::from_config(affinity).map_err(|issues| {
+            ServeError::Config {
+                path: path.to_owned(),
+                source: ConfigError::Invalid(issues),
+            }
+        })?;
+    Ok(match settings {
+        None => Arc::new(local),
+        Some(settings) => Arc::new(
+            SharedStore::start(settings, local)
+                .map_err(|e| ServeError::Usage(format!("affinity.redis: {e}")))?,
+        ),
     })
 }

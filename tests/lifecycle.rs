@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
-use processes::{RedisServer, free_port};
+use processes::{RedisServer, free_port, make_certificates};
 
 const CODE: &str = "default_model: general-model\nmodels:\n  - { name: general-model, clusters: [{ name: general }] }\n  - { name: code-model, clusters: [{ name: code }] }\ncategories:\n  - { name: coding, model: code-model, keywords: [python] }\n";
 const GENERAL: &str = "default_model: general-model\nmodels:\n  - { name: general-model, clusters: [{ name: general }] }\n  - { name: code-model, clusters: [{ name: code }] }\ncategories:\n  - { name: coding, model: general-model, keywords: [python] }\n";
@@ -262,6 +262,94 @@ async fn readiness_follows_the_shared_store() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[tokio::test]
+async fn redis_over_tls_with_credentials_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_certificates(&dir.path().join("pki"));
+    let acl = dir.path().join("users.acl");
+    std::fs::write(
+        &acl,
+        "user default off\nuser router on >pw-from-env ~* &* +@all\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let _redis = RedisServer::start_tls(port, &pki, &["--aclfile", acl.to_str().unwrap()]);
+    let routing = |ca: &str| {
+        let path = dir.path().join(format!("routing-{ca}.yaml"));
+        let ca = pki.join(ca);
+        std::fs::write(
+            &path,
+            format!(
+                "{CODE}affinity:\n  redis:\n    username_env: ROUTER_REDIS_USER\n    \
+                 password_env: ROUTER_REDIS_PASSWORD\n    tls: {{ ca_file: {} }}\n",
+                ca.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let url = format!("rediss://localhost:{port}/");
+    let env = [
+        ("RESPONSES_ROUTER__AFFINITY__REDIS_URL", url.as_str()),
+        ("ROUTER_REDIS_USER", "router"),
+        ("ROUTER_REDIS_PASSWORD", "pw-from-env"),
+    ];
+    let good = Server::start_with(&routing("ca.crt"), &[], &env);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while good.get("/readyz") != (200, "ready\n".to_owned()) {
+        assert!(Instant::now() < deadline, "{:?}", good.get("/readyz"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = good.metrics();
+    for series in [
+        "responses_router_affinity_store_up 1",
+        "responses_router_affinity_write_behind_queued_total 0",
+        "responses_router_affinity_write_behind_length 0",
+        "responses_router_affinity_reseeds_total 0",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
+
+    // A wrong CA: the router serves on local knowledge and hashing, and says why.
+    let wrong = Server::start_with(&routing("other-ca.crt"), &[], &env);
+    let (status, body) = wrong.get("/readyz");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("ready, degraded: redis unreachable ("),
+        "{body}"
+    );
+    assert!(
+        body.contains("UnknownIssuer") && body.contains("affinity.redis.tls.ca_file"),
+        "{body}"
+    );
+    assert_eq!(wrong.cluster_for("python").await, "code", "routing goes on");
+
+    // `validate` reads the variables too, unless told not to (CI without the Secrets).
+    let validate = |offline: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_responses-router"));
+        cmd.args(["validate", "--config", routing("ca.crt").to_str().unwrap()])
+            .env("RESPONSES_ROUTER__AFFINITY__REDIS_URL", &url)
+            .env_remove("ROUTER_REDIS_USER")
+            .env_remove("ROUTER_REDIS_PASSWORD");
+        if offline {
+            cmd.arg("--offline");
+        }
+        cmd.output().unwrap()
+    };
+    let out = validate(false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("affinity.redis.username_env: environment variable ROUTER_REDIS_USER"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("affinity.redis.password_env: environment variable ROUTER_REDIS_PASSWORD"),
+        "{stderr}"
+    );
+    assert!(validate(true).status.success());
 }
 
 #[tokio::test]

@@ -1,12 +1,14 @@
 //! Where the service keeps what it learns about response locations: in this process (the core's
-//! memory store), or shared with every other replica through Redis ([`RedisStore`]).
+//! memory store), or shared with every other replica through Redis ([`SharedStore`]).
 //!
 //! The core's store is synchronous; sharing means network I/O, so the service works through this
 //! async [`Store`], which the memory store implements directly and Redis layers around it.
 
 pub mod redis;
 
-pub use redis::RedisStore;
+pub use responses_router_redis::SharedStore;
+
+use std::sync::Arc;
 
 use responses_router_core::affinity::{AffinityStore, Location, MemoryStore, NoStore};
 use responses_router_core::routing::Prepared;
@@ -35,6 +37,12 @@ pub trait Store: Send + Sync {
 
     /// Entries held in this process, for the store-size metric.
     fn local_entries(&self) -> usize;
+
+    /// The shared store's counters (write-behind queue, re-seeds, Redis errors), for metrics;
+    /// `None` for an in-process store.
+    fn shared_counters(&self) -> Option<Arc<responses_router_redis::Counters>> {
+        None
+    }
 }
 
 #[async_trait]

@@ -6,9 +6,14 @@
 //! Where an OpenTelemetry GenAI attribute fits, its name is used (`gen_ai_request_model`,
 //! `gen_ai_operation_name`).
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::{Arc, OnceLock};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -71,6 +76,8 @@ pub struct Metrics {
     store_up: Gauge,
     tls_reloads: Family<ResultLabels, Counter>,
     tls_handshakes: Family<ResultLabels, Counter>,
+    /// The shared store's counters, read at each scrape once `serve` has built the store.
+    shared_store: Arc<OnceLock<Arc<responses_router_redis::Counters>>>,
 }
 
 /// Where the router spent the time measured by the decision-duration histogram.
@@ -186,6 +193,8 @@ impl Default for Metrics {
              timeout, shed (too many handshakes at once)",
             tls_handshakes.clone(),
         );
+        let shared_store = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(SharedStoreCollector(Arc::clone(&shared_store))));
         Metrics {
             registry,
             decisions,
@@ -202,6 +211,7 @@ impl Default for Metrics {
             store_up,
             tls_reloads,
             tls_handshakes,
+            shared_store,
         }
     }
 }
@@ -274,6 +284,12 @@ impl Metrics {
         self.body_bytes.observe(bytes as f64);
     }
 
+    /// Exports the shared (Redis) store's counters: the write-behind queue, re-seeds after Redis
+    /// lost its data, Redis errors and cluster slot moves (once; later calls change nothing).
+    pub fn register_shared_store(&self, counters: Arc<responses_router_redis::Counters>) {
+        let _ = self.shared_store.set(counters);
+    }
+
     /// Records the affinity store's state, as last checked.
     pub fn store_state(&self, entries: usize, up: bool) {
         self.store_entries
@@ -329,6 +345,87 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Reads the shared store's atomics at each scrape (the store counts; this only reports), once
+/// a shared store is registered; nothing before (an in-process store has no such series).
+#[derive(Debug)]
+struct SharedStoreCollector(Arc<OnceLock<Arc<responses_router_redis::Counters>>>);
+
+impl Collector for SharedStoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(counters) = self.0.get() else {
+            return Ok(());
+        };
+        let s = counters.snapshot();
+        let counters: [(&str, &str, u64); 7] = [
+            (
+                "affinity_write_behind_queued",
+                "Ids learned while Redis (or their part of a cluster) did not answer, queued to be \
+                 written once it does.",
+                s.queued,
+            ),
+            (
+                "affinity_write_behind_dropped",
+                "Ids dropped from the full write-behind queue (oldest first); not shared unless \
+                 a re-seed writes them.",
+                s.dropped,
+            ),
+            (
+                "affinity_write_behind_flushed",
+                "Queued ids written to Redis once it answered again.",
+                s.flushed,
+            ),
+            (
+                "affinity_reseeds",
+                "Times Redis was found to have lost its data (a marker key gone) and this \
+                 replica began writing its memory back.",
+                s.reseeds,
+            ),
+            (
+                "affinity_reseeded_ids",
+                "Ids written back into Redis by re-seeds.",
+                s.reseeded,
+            ),
+            (
+                "affinity_redis_errors",
+                "Redis commands that failed (errors and timeouts).",
+                s.errors + s.timeouts,
+            ),
+            (
+                "affinity_redis_cluster_slot_moves",
+                "Changes of the Redis Cluster's slot map this router followed (failovers, \
+                 resharding).",
+                s.topology_changes,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let gauges: [(&str, &str, u64); 2] = [
+            (
+                "affinity_write_behind_length",
+                "Ids waiting in the write-behind queue.",
+                s.queue_len,
+            ),
+            (
+                "affinity_reseeding",
+                "1 while this replica writes its memory back into a Redis that lost its data.",
+                u64::from(s.reseeding),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
     }
 }
 

@@ -4,8 +4,10 @@ generator of multi-turn conversations.
 The session-scoped `stack` fixture (conftest.py) is shared by every other test, so nothing there
 may be killed. A `Fleet` is private to its user: 4 simulators (as conftest starts them), one or
 more router + Envoy pairs (the shipped deploy/envoy.yaml and deploy/routing.yaml, ports rewritten),
-and optionally a Redis the routers share. Every process can be SIGKILLed and restarted on the same
-port, as a crash and a supervisor restart would do.
+and optionally a Redis the routers share: one redis-server (with an append-only file when asked,
+so a restart keeps its data), or a 6-node Redis Cluster made by tests/support/redis/cluster.sh.
+Every process can be SIGKILLed and restarted on the same port, as a crash and a supervisor restart
+would do.
 
 `Load` runs conversations from several client threads, mixing JSON and streamed turns and moving
 between prompt categories, and records every turn's outcome with timestamps, so a test can say
@@ -17,7 +19,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,15 +36,22 @@ from procs import (
     simulator_argv, simulator_binary, tcp_open,
 )
 
+CLUSTER_SH = Path(__file__).resolve().parents[1] / "support" / "redis" / "cluster.sh"
+
 
 
 class Fleet:
     """Simulators, `replicas` router+Envoy pairs and an optional shared Redis, on free ports. In the
-    `module` form each replica is one Envoy with the router inside (no router process)."""
+    `module` form each replica is one Envoy with the router inside (no router process).
+
+    `redis`: False, True (one redis-server; `redis_persist`: with an append-only file, so a
+    restart keeps its data) or "cluster" (3 masters + 3 replicas).
+    """
 
     def __init__(self, workdir: Path, router_bin: str, envoy_bin: str, *, replicas: int = 1,
-                 redis: bool = False, router_env: dict[str, str] | None = None,
-                 routing_yaml: Path = ROUTING_YAML, form: str = "ext_proc"):
+                 redis: bool | str = False, redis_persist: bool = False,
+                 router_env: dict[str, str] | None = None, routing_yaml: Path = ROUTING_YAML,
+                 form: str = "ext_proc"):
         if form == "module" and routing_yaml != ROUTING_YAML:
             raise ValueError("the module form reads the shipped routing YAML (deploy/envoy-module.yaml)")
         self.form = form
@@ -51,7 +62,11 @@ class Fleet:
         self.procs: dict[str, Proc] = {}
         self.all_procs: list[Proc] = []  # every process ever started, for logs and cleanup
         self.sim_ports = dict(zip(SIMULATORS, free_ports(len(SIMULATORS))))
-        self.redis_port = free_ports(1)[0] if redis else None
+        self.cluster = redis == "cluster"
+        self.redis_port = free_ports(1)[0] if redis and not self.cluster else None
+        self.redis_persist = redis_persist
+        self.redis_dir = workdir / "redis-data"
+        self.cluster_ports: list[int] = []
         self.env = {**os.environ, "RUST_BACKTRACE": "1", **(router_env or {})}
         if self.redis_port:
             self.env["RESPONSES_ROUTER__AFFINITY__REDIS_URL"] = f"redis://127.0.0.1:{self.redis_port}/"
@@ -104,16 +119,42 @@ class Fleet:
         proc.wait_until(lambda: tcp_open(p["listener"]), STARTUP_TIMEOUT, "listener")
         return proc
 
-    def start_redis(self) -> Proc:
+    def start_redis(self, fresh: bool = False) -> Proc:
+        """Starts (or restarts) the redis-server; `fresh`: without the data a previous one kept."""
         assert self.redis_port
+        if fresh:
+            shutil.rmtree(self.redis_dir, ignore_errors=True)
+        self.redis_dir.mkdir(exist_ok=True)
+        # everysec, as the production overlay runs it: a SIGKILL loses at most the last second
+        # of writes (`always` would fsync on the request path's 50 ms budget).
+        persist = ["--appendonly", "yes", "--appendfsync", "everysec"] if self.redis_persist else ["--appendonly", "no"]
         proc = self._start("redis", ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                                     "--save", "", "--appendonly", "no"])
+                                     "--save", "", "--dir", str(self.redis_dir), *persist])
         proc.wait_until(lambda: tcp_open(self.redis_port), STARTUP_TIMEOUT, "redis port")
         return proc
+
+    def cluster_script(self, *args: str) -> str:
+        """Runs tests/support/redis/cluster.sh COMMAND DIR ARGS and returns its output."""
+        command, *rest = args
+        out = subprocess.run([str(CLUSTER_SH), command, str(self.workdir / "redis-cluster"), *rest],
+                             capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            raise RuntimeError(f"cluster.sh {' '.join(args)} failed:\n{out.stdout}{out.stderr}")
+        return out.stdout.strip()
+
+    def start_cluster(self) -> None:
+        """A 6-node Redis Cluster (node-timeout 2 s); the routers get two of its nodes as seeds."""
+        self.cluster_ports = [int(p) for p in self.cluster_script("up", "--node-timeout", "2000").split()]
+        self.env.pop("RESPONSES_ROUTER__AFFINITY__REDIS_URL", None)
+        self.env["RESPONSES_ROUTER__AFFINITY__REDIS__CLUSTER"] = "true"
+        self.env["RESPONSES_ROUTER__AFFINITY__REDIS__NODES"] = ",".join(
+            f"redis://127.0.0.1:{p}" for p in self.cluster_ports[:2])
 
     def start(self) -> "Fleet":
         if self.redis_port:
             self.start_redis()
+        if self.cluster:
+            self.start_cluster()
         for name in SIMULATORS:
             self.start_sim(name)
         for i in range(len(self.replica_ports)):
@@ -133,6 +174,9 @@ class Fleet:
     def stop(self) -> None:
         for proc in reversed(self.all_procs):
             proc.stop()
+        if self.cluster_ports:
+            self.cluster_script("down")
+            self.cluster_ports = []
 
     def logs(self, lines: int = 60) -> str:
         return "\n".join(f"--- {p.name} ({p.log_path}) ---\n{p.tail(lines)}" for p in self.all_procs)
@@ -222,6 +266,7 @@ class Conversation:
     home: str | None = None
     last_id: str | None = None
     turns_done: int = 0
+    last_replica: int | None = None  # the replica that served the last successful turn
 
 
 class Load:
@@ -231,14 +276,21 @@ class Load:
     between router replicas (or, `sticky`, each conversation keeps to one replica). `retry` (seconds): a failed turn is sent again, from the same
     previous response, until it succeeds or `retry` seconds have passed, as a client with retries
     would; with 0 the conversation is abandoned at its first failure. `rate`: total turns per
-    second across threads (None: as fast as they go).
+    second across threads (None: as fast as they go). `failover` (with `sticky`): a retry after
+    the router was unavailable (Envoy's 500 `router_unavailable`, or no answer at all) goes to the
+    next replica, as a load balancer in front of several gateways would send it; every turn first
+    tries the conversation's own replica again.
+
+    With `threads=0` nothing runs by itself: `new()` and `send()` drive conversations turn by turn
+    on chosen replicas, and record the turns the same way.
     """
 
     def __init__(self, base_urls: list[str], *, threads: int = 6, turns: int = 6, retry: float = 0.0,
                  rate: float | None = None, pause: float = 0.0, timeout: float = 15.0,
-                 sticky: bool = False, first_conversation: int = 0):
+                 sticky: bool = False, failover: bool = False, first_conversation: int = 0):
         self.base_urls = base_urls
         self.sticky = sticky
+        self.failover = failover
         self.threads = threads
         self.turns = turns
         self.retry = retry
@@ -304,13 +356,19 @@ class Load:
                 self.conversations.append(conv)
             while conv.turns_done < self.turns and not self._stop.is_set():
                 first_try = time.monotonic()
+                attempt = 0
                 while True:
                     self._pace()
                     if self._stop.is_set():
                         return
-                    turn = self._send(conv)
+                    replica = None
+                    if self.failover:
+                        replica = (conv.index + attempt) % len(self._clients)
+                    turn = self._send(conv, replica)
                     with self._lock:
                         self.results.append(turn)
+                    if turn.status is None or turn.code == "router_unavailable":
+                        attempt += 1
                     # A lost continuation is final: its state is not where the request went.
                     if turn.ok or turn.lost or self._stop.is_set() or time.monotonic() - first_try > self.retry:
                         break
@@ -318,9 +376,25 @@ class Load:
                 if not turn.ok:
                     break
 
-    def _send(self, conv: Conversation) -> Turn:
+    def new(self) -> Conversation:
+        """A new conversation, for `send()`."""
+        with self._lock:
+            conv = Conversation(self._next, self._next % len(PROMPTS))
+            self._next += 1
+            self.conversations.append(conv)
+        return conv
+
+    def send(self, conv: Conversation, replica: int) -> Turn:
+        """Sends `conv`'s next turn through router replica `replica` and records it."""
+        turn = self._send(conv, replica)
+        with self._lock:
+            self.results.append(turn)
+        return turn
+
+    def _send(self, conv: Conversation, replica: int | None = None) -> Turn:
         t = conv.turns_done
-        replica = (conv.index if self.sticky else conv.index + t) % len(self._clients)
+        if replica is None:
+            replica = (conv.index if self.sticky else conv.index + t) % len(self._clients)
         # JSON, SSE, SSE, JSON, ...: with two replicas each one sees both kinds of turns.
         stream = (conv.index + t) % 4 in (1, 2)
         prompt = (conv.first_prompt + t) % len(PROMPTS)
@@ -351,6 +425,7 @@ class Load:
                 conv.home = conv.home or match["instance"]
                 conv.last_id = response.id
                 conv.turns_done += 1
+                conv.last_replica = replica
         except openai.APIStatusError as e:
             turn.status = e.status_code
             turn.content_type = e.response.headers.get("content-type", "")

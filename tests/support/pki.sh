@@ -6,12 +6,15 @@
 # Two unrelated CAs, each with a server and a client certificate (P-256 keys, PKCS#8 PEM):
 #   DIR/ca.crt        ca.key          "Test CA"
 #   DIR/server.crt    server.key      signed by ca; SAN DNS:localhost, DNS:responses-router.example.internal,
-#                                     IP:127.0.0.1 (the names deploy/envoy-mtls.yaml and the tests dial)
+#                                     IP:127.0.0.1 (the names deploy/envoy-mtls.yaml and the tests dial);
+#                                     serverAuth and clientAuth: Redis Cluster nodes also present it
+#                                     as their client certificate (cluster bus, replication)
 #   DIR/client.crt    client.key      signed by ca; CN=gateway, clientAuth (what Envoy presents)
 #   DIR/client-renewed.crt/.key       the same, renewed (another key and serial), for rotation
 #   DIR/other-ca.crt  other-ca.key    "Other CA": a rotation's new CA, or an intruder's
 #   DIR/other-server.crt/.key, DIR/other-client.crt/.key   the same two, signed by other-ca
-# Used by tests/transport.rs (Rust) and tests/e2e/test_mtls.py.
+# Used by tests/transport.rs (Rust), tests/e2e/test_mtls.py, and the Redis-over-TLS tests
+# (crates/redis-store/tests/tls.rs, tests/lifecycle.rs, tests/support/redis/cluster.sh --tls).
 set -euo pipefail
 dir=${1:?usage: pki.sh DIR}
 mkdir -p "$dir"
@@ -37,7 +40,7 @@ leaf() {
 
 server_ext="basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature
-extendedKeyUsage=serverAuth
+extendedKeyUsage=serverAuth,clientAuth
 subjectAltName=DNS:localhost,DNS:responses-router.example.internal,IP:127.0.0.1"
 client_ext="basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature

@@ -41,6 +41,12 @@ struct Shard {
     head: usize,
     /// Occupied ring positions, dead slots included.
     occupied: usize,
+    /// Slots ever put. The slot put as the `n`-th (from 0) sits at ring position
+    /// `n % capacity` (each put advances `head + occupied` by exactly one), and is still in the
+    /// ring while `n >= appended - occupied`: what lets a [`ReplayCursor`] walk the entries that
+    /// existed when it was made, newest first, without copying them or holding a lock between
+    /// batches.
+    appended: u64,
 }
 
 /// An entry. The key is split into `u32`s so the slot packs into 28 bytes (a `u128` would align
@@ -54,6 +60,35 @@ struct Slot {
     host: u32,
     /// Seconds since `epoch` at which the entry expires.
     expires: u32,
+}
+
+/// One live entry, as a store layered around this one replays it elsewhere (e.g. into a Redis
+/// that came back empty): the key the id is kept under ([`id_key`]), where it was served, and how
+/// long it has left to live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: u128,
+    pub location: Location,
+    pub ttl_left: Duration,
+}
+
+/// A walk over the entries a store held when the cursor was made, newest first (interleaved over
+/// the shards), for [`MemoryStore::next_entries`]. Entries put later are not visited; entries
+/// evicted, expired or re-recorded before the walk reaches them are skipped. It holds positions
+/// only (two integers per shard), whatever the store's size.
+#[derive(Debug, Clone)]
+pub struct ReplayCursor {
+    /// Per shard: the append index after the next one to visit (counting down).
+    next: [u64; SHARDS],
+    /// Per shard: the oldest append index to visit.
+    stop: [u64; SHARDS],
+}
+
+impl ReplayCursor {
+    /// Whether every entry has been visited.
+    pub fn is_done(&self) -> bool {
+        self.next.iter().zip(&self.stop).all(|(n, s)| n <= s)
+    }
 }
 
 /// Cluster and host names, stored once each.
@@ -118,6 +153,80 @@ impl MemoryStore {
         })
     }
 
+    /// The live entry kept under `key` ([`id_key`] of its id), with its time left.
+    pub fn entry(&self, key: u128) -> Option<Entry> {
+        let slot = lock(self.shard(key)).get(key)?;
+        self.resolve(slot, self.now())
+    }
+
+    /// A cursor over the entries held now, for [`next_entries`](Self::next_entries).
+    pub fn replay_cursor(&self) -> ReplayCursor {
+        let mut cursor = ReplayCursor {
+            next: [0; SHARDS],
+            stop: [0; SHARDS],
+        };
+        for (i, shard) in self.shards.iter().enumerate() {
+            let shard = lock(shard);
+            cursor.next[i] = shard.appended;
+            cursor.stop[i] = shard.appended - shard.occupied as u64;
+        }
+        cursor
+    }
+
+    /// Up to `max` more entries of `cursor`'s walk, newest first within each shard, taking from
+    /// every shard in turn so the newest entries of the whole store come early. Empty when the
+    /// walk is done. Each shard is locked only while its share of the batch is read.
+    pub fn next_entries(&self, cursor: &mut ReplayCursor, max: usize) -> Vec<Entry> {
+        let now = self.now();
+        let mut slots = Vec::with_capacity(max.min(4096));
+        let share = max.div_ceil(SHARDS).max(1);
+        while slots.len() < max && !cursor.is_done() {
+            for (i, shard) in self.shards.iter().enumerate() {
+                let want = share.min(max - slots.len());
+                if want == 0 {
+                    break;
+                }
+                let shard = lock(shard);
+                // Entries older than this were evicted since the cursor was made.
+                let oldest_left = shard.appended - shard.occupied as u64;
+                cursor.stop[i] = cursor.stop[i].max(oldest_left);
+                let mut taken = 0;
+                while taken < want && cursor.next[i] > cursor.stop[i] {
+                    cursor.next[i] -= 1;
+                    let slot = shard.ring[(cursor.next[i] % shard.capacity as u64) as usize];
+                    if slot.cluster != DEAD && slot.expires > now {
+                        slots.push(slot);
+                        taken += 1;
+                    }
+                }
+            }
+        }
+        slots
+            .into_iter()
+            .filter_map(|slot| self.resolve(slot, now))
+            .collect()
+    }
+
+    /// The entry a live slot holds, with its names looked up.
+    fn resolve(&self, slot: Slot, now: u32) -> Option<Entry> {
+        if slot.cluster == DEAD || slot.expires <= now {
+            return None;
+        }
+        let names = lock(&self.names);
+        let [a, b, c, d] = slot.key;
+        Some(Entry {
+            key: u128::from(a) | u128::from(b) << 32 | u128::from(c) << 64 | u128::from(d) << 96,
+            location: Location {
+                cluster: names.clusters.get(usize::from(slot.cluster))?.clone(),
+                host: slot
+                    .host
+                    .checked_sub(1)
+                    .and_then(|h| names.hosts.get(h as usize).cloned()),
+            },
+            ttl_left: Duration::from_secs(u64::from(slot.expires - now)),
+        })
+    }
+
     /// Synchronous insert; evicts expired and, when full, the oldest entries.
     pub fn put(&self, id: &str, location: &Location) {
         let (cluster, host) = {
@@ -154,6 +263,7 @@ impl Shard {
             capacity,
             head: 0,
             occupied: 0,
+            appended: 0,
         }
     }
 
@@ -187,6 +297,7 @@ impl Shard {
             self.ring[pos] = slot;
         }
         self.occupied += 1;
+        self.appended += 1;
         // `pos` < capacity <= u32::MAX (see `MemoryStore::new`).
         let pos = pos as u32;
         let Shard { index, ring, .. } = self;
@@ -243,8 +354,14 @@ impl Interner {
     }
 }
 
-fn key_of(id: &str) -> u128 {
+/// The 128-bit key an id is kept under (its xxh3 hash). Stores layered around this one (Redis)
+/// key their entries by it too, because a replay from memory has only the key, not the id.
+pub fn id_key(id: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(id.as_bytes())
+}
+
+fn key_of(id: &str) -> u128 {
+    id_key(id)
 }
 
 fn split(key: u128) -> [u32; 4] {
@@ -376,6 +493,71 @@ mod tests {
             }
             proptest::prop_assert!(shard.ring.len() <= capacity);
         }
+    }
+
+    #[test]
+    fn replay_walks_what_was_held_newest_first() {
+        let store = MemoryStore::new(SHARDS * 100, Duration::from_secs(60));
+        for i in 0..500 {
+            store.put(
+                &format!("resp_{i}"),
+                &loc(if i % 2 == 0 { "a" } else { "b" }, None),
+            );
+        }
+        store.put("resp_7", &loc("moved", Some("10.0.0.1:80"))); // re-recorded: one entry
+        let mut cursor = store.replay_cursor();
+        // Put after the cursor was made: not part of the walk.
+        store.put("late", &loc("a", None));
+        let mut seen = Vec::new();
+        loop {
+            let batch = store.next_entries(&mut cursor, 37);
+            if batch.is_empty() {
+                break;
+            }
+            assert!(batch.len() <= 37);
+            seen.extend(batch);
+        }
+        assert!(cursor.is_done());
+        assert_eq!(
+            seen.len(),
+            500,
+            "every id once, the re-recorded one with its new place"
+        );
+        let keys: std::collections::HashSet<u128> = seen.iter().map(|e| e.key).collect();
+        assert_eq!(keys.len(), 500);
+        assert!(!keys.contains(&id_key("late")));
+        let moved = seen.iter().find(|e| e.key == id_key("resp_7")).unwrap();
+        assert_eq!(moved.location, loc("moved", Some("10.0.0.1:80")));
+        assert!(
+            moved.ttl_left <= Duration::from_secs(60) && moved.ttl_left >= Duration::from_secs(59)
+        );
+        // Newest first: the first batch holds the newest entry, the last batch the oldest.
+        assert!(seen[..37].iter().any(|e| e.key == id_key("resp_7")));
+        assert!(seen[..37].iter().any(|e| e.key == id_key("resp_499")));
+        let oldest = seen.iter().position(|e| e.key == id_key("resp_0")).unwrap();
+        assert!(oldest > seen.len() / 2, "the oldest comes late: {oldest}");
+        assert_eq!(
+            store.entry(id_key("resp_8")).map(|e| e.location),
+            Some(loc("a", None))
+        );
+        assert_eq!(store.entry(id_key("nobody")), None);
+    }
+
+    #[test]
+    fn replay_skips_what_was_evicted_meanwhile() {
+        let store = MemoryStore::new(SHARDS * 10, Duration::from_secs(60));
+        for i in 0..SHARDS * 10 {
+            store.put(&format!("old_{i}"), &loc("a", None));
+        }
+        let mut cursor = store.replay_cursor();
+        let first = store.next_entries(&mut cursor, SHARDS);
+        assert_eq!(first.len(), SHARDS);
+        // A full turn of the ring evicts every entry the walk has not reached.
+        for i in 0..SHARDS * 100 {
+            store.put(&format!("new_{i}"), &loc("b", None));
+        }
+        assert!(store.next_entries(&mut cursor, 1000).is_empty());
+        assert!(cursor.is_done());
     }
 
     #[test]

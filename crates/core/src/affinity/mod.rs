@@ -11,5 +11,5 @@ pub mod memory;
 pub mod store;
 
 pub use hash::{Candidate, fnv1a64, rendezvous};
-pub use memory::MemoryStore;
+pub use memory::{Entry, MemoryStore, ReplayCursor, id_key};
 pub use store::{AffinityStore, Location, NoStore};

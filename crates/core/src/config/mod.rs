@@ -11,7 +11,7 @@ mod table;
 
 pub use schema::{
     AffinityConfig, CategoryConfig, ClassificationConfig, ClusterConfig, ClusterRef, ModelConfig,
-    RoutingConfig, Settings, UnknownModelPolicy,
+    RedisConfig, RedisTlsConfig, RoutingConfig, Settings, UnknownModelPolicy,
 };
 pub use table::{ConfigIssue, RoutingTable};
 
@@ -111,6 +111,10 @@ fn env_overrides() -> config::Environment {
         .prefix_separator("__")
         .separator("__")
         .try_parsing(true)
+        // `RESPONSES_ROUTER__AFFINITY__REDIS__NODES=redis://a:6379,redis://b:6379`; every other
+        // value stays one string.
+        .list_separator(",")
+        .with_list_parse_key("affinity.redis.nodes")
 }
 
 #[cfg(test)]
@@ -139,6 +143,106 @@ mod tests {
         assert_eq!(t.table.unknown_model(), UnknownModelPolicy::Default);
         // A typo in an override is an error, not silently ignored.
         assert!(with_env(&[("RESPONSES_ROUTER__MAX_BODY_BYTE", "1")]).is_err());
+    }
+
+    fn problems(extra: &str) -> Vec<String> {
+        match from_yaml(&format!("{YAML}{extra}")) {
+            Err(ConfigError::Invalid(issues)) => issues.iter().map(|i| i.to_string()).collect(),
+            Err(e) => vec![format!("read error: {e}")],
+            Ok(_) => vec![],
+        }
+    }
+
+    #[test]
+    fn redis_settings_name_every_problem() {
+        let found = problems(
+            "affinity:\n  redis_url: redis://a:6379\n  redis_key_prefix: \"x{y}:\"\n  redis:\n    \
+             nodes: [redis://b:6379, rediss://c:6379, unix:///run/redis.sock]\n    \
+             username: u\n    username_env: U\n    password_file: /p\n    password_env: P\n    \
+             tls: { cert_file: /c.pem }\n",
+        );
+        for expected in [
+            "affinity.redis.nodes: give either affinity.redis_url or affinity.redis.nodes",
+            "affinity.redis.nodes: seed nodes are for a Redis Cluster",
+            "affinity.redis: give one of username, username_env, not several",
+            "affinity.redis: give one of password_file, password_env, not both",
+            "affinity.redis.tls: certificates are for TLS",
+            "affinity.redis.tls: a client certificate needs both cert_file and key_file",
+        ] {
+            assert!(
+                found.iter().any(|f| f.starts_with(expected)),
+                "missing {expected:?} in {found:#?}"
+            );
+        }
+        let found = problems(
+            "affinity:\n  redis_key_prefix: \"{app}:\"\n  redis:\n    cluster: true\n    \
+             nodes: [rediss://b:6379, redis://c:6379, unix:///s]\n",
+        );
+        for expected in [
+            "affinity.redis_key_prefix: \"{app}:\" holds a `{`",
+            "affinity.redis.nodes: mixes rediss:// and redis://",
+            "affinity.redis.nodes[2]: a Redis Cluster node is reached over TCP",
+        ] {
+            assert!(
+                found.iter().any(|f| f.starts_with(expected)),
+                "missing {expected:?} in {found:#?}"
+            );
+        }
+        assert!(
+            problems("affinity: { redis: { cluster: true } }\n")[0]
+                .starts_with("affinity.redis: set, but there is no Redis")
+        );
+        // The single-URL form of earlier versions, and a cluster given by seeds.
+        assert!(problems("affinity: { redis_url: \"redis://10.0.0.5:6379/\" }\n").is_empty());
+        let cluster = "affinity:\n  redis:\n    cluster: true\n    nodes: [rediss://a:6379, \
+                       rediss://b:6379]\n    password_file: /run/secrets/redis/password\n    \
+                       tls: { ca_file: /run/secrets/redis/ca.crt }\n";
+        assert!(problems(cluster).is_empty(), "{:?}", problems(cluster));
+        let settings = from_yaml(&format!("{YAML}{cluster}")).unwrap().settings;
+        assert_eq!(
+            settings.affinity.redis_addresses(),
+            ["rediss://a:6379", "rediss://b:6379"]
+        );
+        assert!(settings.affinity.shares());
+    }
+
+    #[test]
+    fn cluster_seed_nodes_come_from_the_environment_as_a_list() {
+        let t = with_env(&[
+            ("RESPONSES_ROUTER__AFFINITY__REDIS__CLUSTER", "true"),
+            (
+                "RESPONSES_ROUTER__AFFINITY__REDIS__NODES",
+                "redis://a:6379,redis://b:6379",
+            ),
+            (
+                "RESPONSES_ROUTER__AFFINITY__REDIS__PASSWORD_ENV",
+                "REDIS_PASSWORD",
+            ),
+            ("RESPONSES_ROUTER__AFFINITY__REDIS_URL", ""),
+        ]);
+        // redis_url set to "" is still "set": the override must be left out instead.
+        assert!(t.is_err());
+        let t = with_env(&[
+            ("RESPONSES_ROUTER__AFFINITY__REDIS__CLUSTER", "true"),
+            (
+                "RESPONSES_ROUTER__AFFINITY__REDIS__NODES",
+                "redis://a:6379,redis://b:6379",
+            ),
+            (
+                "RESPONSES_ROUTER__AFFINITY__REDIS__PASSWORD_ENV",
+                "REDIS_PASSWORD",
+            ),
+        ])
+        .unwrap();
+        let affinity = &t.settings.affinity;
+        assert_eq!(affinity.redis.nodes, ["redis://a:6379", "redis://b:6379"]);
+        assert_eq!(
+            affinity.redis.password_env.as_deref(),
+            Some("REDIS_PASSWORD")
+        );
+        // Other values with commas stay strings.
+        let t = with_env(&[("RESPONSES_ROUTER__AFFINITY__REDIS_KEY_PREFIX", "a,b:")]).unwrap();
+        assert_eq!(t.settings.affinity.redis_key_prefix, "a,b:");
     }
 
     #[test]

@@ -36,18 +36,7 @@ impl Settings {
         if self.affinity.capacity == 0 {
             issue("affinity.capacity", "must be greater than 0".into());
         }
-        if let Some(url) = &self.affinity.redis_url {
-            const SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
-            if !SCHEMES.iter().any(|s| url.starts_with(s)) {
-                issue(
-                    "affinity.redis_url",
-                    format!(
-                        "not a usable Redis URL: {url:?} does not start with one of {}",
-                        SCHEMES.join(", ")
-                    ),
-                );
-            }
-        }
+        self.affinity.validate_redis(&mut issue);
         if issues.is_empty() {
             Ok(())
         } else {
@@ -71,6 +60,7 @@ impl Settings {
                 "affinity.redis_key_prefix",
                 a.redis_key_prefix != b.redis_key_prefix,
             ),
+            ("affinity.redis", a.redis != b.redis),
         ]
         .into_iter()
         .filter_map(|(name, differs)| differs.then_some(name))
@@ -138,12 +128,222 @@ pub struct AffinityConfig {
     /// How long an id is remembered, in seconds.
     #[serde(default = "default_ttl")]
     pub ttl_seconds: u64,
-    /// Redis shared by all router replicas (`redis://host:port/db`); unset: this process only.
+    /// Redis shared by all router replicas (`redis://host:port/db`, `rediss://` for TLS, or one
+    /// seed node of a Redis Cluster with `redis.cluster: true`); unset (and no `redis.nodes`):
+    /// this process only.
     #[serde(default)]
     pub redis_url: Option<String>,
     /// Prefix of the Redis keys, so several deployments can share one Redis.
     #[serde(default = "default_redis_prefix")]
     pub redis_key_prefix: String,
+    /// How Redis is reached: cluster, credentials, TLS, and the replay after an outage.
+    #[serde(default)]
+    pub redis: RedisConfig,
+}
+
+/// How the router reaches the shared Redis (`affinity.redis`). Credentials never appear here in
+/// clear text: they are read from a file (a mounted Kubernetes Secret) or an environment variable.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// The addresses (`redis_url` or `nodes`) are seed nodes of a Redis Cluster: the router
+    /// learns the other nodes from them and spreads its keys over the cluster's slots.
+    #[serde(default)]
+    pub cluster: bool,
+    /// Seed nodes of a Redis Cluster (`redis://host:port` or `rediss://host:port`), instead of
+    /// `redis_url`; one reachable seed is enough.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// ACL user name (not a secret), ...
+    #[serde(default)]
+    pub username: Option<String>,
+    /// ... or the file holding it, ...
+    #[serde(default)]
+    pub username_file: Option<String>,
+    /// ... or the environment variable holding it.
+    #[serde(default)]
+    pub username_env: Option<String>,
+    /// The file holding the password (a mounted Secret; one trailing newline is ignored), ...
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// ... or the environment variable holding it.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Certificates for `rediss://`.
+    #[serde(default)]
+    pub tls: RedisTlsConfig,
+    /// Most ids learned while Redis is unreachable that are kept to be written once it answers
+    /// again (16 bytes each); the oldest are dropped first. 0: none are kept.
+    #[serde(default = "default_write_behind_capacity")]
+    pub write_behind_capacity: usize,
+    /// Most background writes per second per router (the write-behind queue, then the re-seed of
+    /// a Redis that came back empty), so a fleet's catch-up cannot swamp Redis. 0: no replay.
+    #[serde(default = "default_replay_per_second")]
+    pub replay_per_second: u32,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            cluster: false,
+            nodes: Vec::new(),
+            username: None,
+            username_file: None,
+            username_env: None,
+            password_file: None,
+            password_env: None,
+            tls: RedisTlsConfig::default(),
+            write_behind_capacity: default_write_behind_capacity(),
+            replay_per_second: default_replay_per_second(),
+        }
+    }
+}
+
+/// Certificates for Redis over TLS (`rediss://`). Without `ca_file` the server's certificate must
+/// chain to a public root (Mozilla's list, compiled in), as managed Redis services' do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTlsConfig {
+    /// PEM bundle of the CAs the server's certificate must chain to (replaces the public roots).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// PEM client certificate (chain), for servers that verify clients (`tls-auth-clients yes`).
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    /// PEM private key of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<String>,
+}
+
+impl RedisTlsConfig {
+    fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
+}
+
+/// URL schemes of a Redis address.
+const REDIS_SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
+
+impl AffinityConfig {
+    /// The Redis addresses configured: `redis_url` or `redis.nodes` (empty: no Redis).
+    pub fn redis_addresses(&self) -> Vec<&str> {
+        match &self.redis_url {
+            Some(url) => vec![url.as_str()],
+            None => self.redis.nodes.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// Whether replicas share what they learn through Redis.
+    pub fn shares(&self) -> bool {
+        !self.redis_addresses().is_empty()
+    }
+
+    /// The problems of the Redis settings that the YAML alone shows (what needs the files,
+    /// the environment or a Redis client is checked by the front-end).
+    fn validate_redis(&self, issue: &mut impl FnMut(&str, String)) {
+        let redis = &self.redis;
+        if self.redis_url.is_some() && !redis.nodes.is_empty() {
+            issue(
+                "affinity.redis.nodes",
+                "give either affinity.redis_url or affinity.redis.nodes, not both".into(),
+            );
+        }
+        if !redis.nodes.is_empty() && !redis.cluster {
+            issue(
+                "affinity.redis.nodes",
+                "seed nodes are for a Redis Cluster: set affinity.redis.cluster: true (a \
+                 standalone Redis has one address: affinity.redis_url)"
+                    .into(),
+            );
+        }
+        let addresses = self.redis_addresses();
+        if addresses.is_empty() && *redis != RedisConfig::default() {
+            issue(
+                "affinity.redis",
+                "set, but there is no Redis to use it for: give affinity.redis_url (or \
+                 affinity.redis.nodes with cluster: true)"
+                    .into(),
+            );
+        }
+        let field = |i: usize| {
+            if self.redis_url.is_some() {
+                "affinity.redis_url".to_owned()
+            } else {
+                format!("affinity.redis.nodes[{i}]")
+            }
+        };
+        for (i, url) in addresses.iter().enumerate() {
+            if !REDIS_SCHEMES.iter().any(|s| url.starts_with(s)) {
+                issue(
+                    &field(i),
+                    format!(
+                        "not a usable Redis URL: {url:?} does not start with one of {}",
+                        REDIS_SCHEMES.join(", ")
+                    ),
+                );
+            } else if redis.cluster
+                && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+            {
+                issue(
+                    &field(i),
+                    format!("a Redis Cluster node is reached over TCP: {url:?} is a Unix socket"),
+                );
+            }
+        }
+        let tls: Vec<bool> = addresses
+            .iter()
+            .map(|u| u.starts_with("rediss://"))
+            .collect();
+        if tls.contains(&true) && tls.contains(&false) {
+            issue(
+                "affinity.redis.nodes",
+                "mixes rediss:// and redis://: every node of a cluster is reached the same way"
+                    .into(),
+            );
+        }
+        if redis.tls.is_set() && !addresses.is_empty() && !tls.contains(&true) {
+            issue(
+                "affinity.redis.tls",
+                "certificates are for TLS: the Redis address must start with rediss://".into(),
+            );
+        }
+        if redis.tls.cert_file.is_some() != redis.tls.key_file.is_some() {
+            issue(
+                "affinity.redis.tls",
+                "a client certificate needs both cert_file and key_file".into(),
+            );
+        }
+        let users: Vec<&str> = [
+            ("username", redis.username.is_some()),
+            ("username_file", redis.username_file.is_some()),
+            ("username_env", redis.username_env.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        if users.len() > 1 {
+            issue(
+                "affinity.redis",
+                format!("give one of {}, not several", users.join(", ")),
+            );
+        }
+        if redis.password_file.is_some() && redis.password_env.is_some() {
+            issue(
+                "affinity.redis",
+                "give one of password_file, password_env, not both".into(),
+            );
+        }
+        if redis.cluster && self.redis_key_prefix.contains('{') {
+            issue(
+                "affinity.redis_key_prefix",
+                format!(
+                    "{:?} holds a `{{`: in a Redis Cluster a hash tag would put every key in one \
+                     slot (one master); use a prefix without braces",
+                    self.redis_key_prefix
+                ),
+            );
+        }
+    }
 }
 
 impl Default for AffinityConfig {
@@ -154,6 +354,7 @@ impl Default for AffinityConfig {
             ttl_seconds: default_ttl(),
             redis_url: None,
             redis_key_prefix: default_redis_prefix(),
+            redis: RedisConfig::default(),
         }
     }
 }
@@ -247,6 +448,14 @@ fn default_capacity() -> usize {
 
 fn default_redis_prefix() -> String {
     "responses-router:affinity:".to_owned()
+}
+
+fn default_write_behind_capacity() -> usize {
+    100_000
+}
+
+fn default_replay_per_second() -> u32 {
+    2_000
 }
 
 fn default_ttl() -> u64 {
