@@ -202,12 +202,22 @@ class Fleet:
         return {c: stats.get(f"cluster.{c}.upstream_rq_total", 0) for c in ("general", "code", "stories")}
 
     def router_metrics(self, i: int = 0) -> dict[str, float]:
-        """Router i's /metrics (classic text format) as series -> value."""
-        text = httpx.get(f"http://127.0.0.1:{self.replica_ports[i]['router_admin']}/metrics", timeout=5).text
+        """Router i's metrics as series -> value: its /metrics (classic text format), or in the
+        module form Envoy i's /stats/prometheus, where the same series carry an `envoy_` prefix
+        (removed here, as is the `{}` of a series without labels)."""
+        if self.form == "ext_proc":
+            url = f"http://127.0.0.1:{self.replica_ports[i]['router_admin']}/metrics"
+        else:
+            url = f"http://127.0.0.1:{self.replica_ports[i]['admin']}/stats/prometheus"
+        text = httpx.get(url, timeout=5).text
         series = {}
         for line in text.splitlines():
             if line and not line.startswith("#"):
                 name, _, value = line.rpartition(" ")
+                if self.form == "module":
+                    if not name.startswith("envoy_responses_router_"):
+                        continue
+                    name = name.removeprefix("envoy_").removesuffix("{}")
                 try:
                     series[name] = float(value)
                 except ValueError:

@@ -49,7 +49,8 @@ def router_requests(form: str, stats: dict[str, int]) -> int:
     module's own counters (every request it handles is decided, refused or answered)."""
     if form == "ext_proc":
         return stats.get("http.openai.ext_proc.streams_started", 0)
-    prefixes = ("responses_router.decisions.", "responses_router.refusals.", "responses_router.answered.")
+    prefixes = ("responses_router.decisions_total.", "responses_router.refusals_total.",
+                "responses_router.answered_total.")
     return sum(v for k, v in stats.items() if k.startswith(prefixes))
 
 

@@ -6,7 +6,9 @@
 
 use std::ffi::c_char;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use responses_router_redis::Stats as RedisStats;
 
 use responses_router_core::ApiError;
 
@@ -22,6 +24,8 @@ struct FilterConfig {
     router: Arc<Router>,
     stats: Stats,
     publisher: Arc<Publisher>,
+    /// The Redis store's counters as last published (main thread only).
+    redis_published: Mutex<RedisStats>,
 }
 
 /// The module's object for one stream.
@@ -114,6 +118,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                 router,
                 stats,
                 publisher,
+                redis_published: Mutex::default(),
             })
         });
         match built {
@@ -178,16 +183,48 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
         let router = &config.router;
         let tally = config.stats.tally();
         let (ok, rejected) = router.take_reloads();
-        for _ in 0..ok {
-            tally.add(Counter::ConfigReloads, &["ok"]);
-        }
-        for _ in 0..rejected {
-            tally.add(Counter::ConfigReloads, &["rejected"]);
-        }
-        let gauges = [
+        tally.add_n(Counter::ConfigReloads, &["ok"], ok);
+        tally.add_n(Counter::ConfigReloads, &["rejected"], rejected);
+        let mut gauges = vec![
             (Gauge::ConfigGeneration, router.generation()),
             (Gauge::StoreEntries, router.store().len() as u64),
         ];
+        match router.redis_state() {
+            None => gauges.push((Gauge::StoreUp, 1)),
+            Some((up, now)) => {
+                gauges.extend([
+                    (Gauge::StoreUp, u64::from(up)),
+                    (Gauge::WriteBehindLength, now.queue_len),
+                    (Gauge::Reseeding, u64::from(now.reseeding)),
+                ]);
+                // The store's counters are totals; Envoy's counters take increments.
+                let mut published = config
+                    .redis_published
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let then = *published;
+                for (counter, now, then) in [
+                    (Counter::WriteBehindQueued, now.queued, then.queued),
+                    (Counter::WriteBehindDropped, now.dropped, then.dropped),
+                    (Counter::WriteBehindFlushed, now.flushed, then.flushed),
+                    (Counter::Reseeds, now.reseeds, then.reseeds),
+                    (Counter::ReseededIds, now.reseeded, then.reseeded),
+                    (
+                        Counter::RedisErrors,
+                        now.errors + now.timeouts,
+                        then.errors + then.timeouts,
+                    ),
+                    (
+                        Counter::RedisSlotMoves,
+                        now.topology_changes,
+                        then.topology_changes,
+                    ),
+                ] {
+                    tally.add_n(counter, &[], now.saturating_sub(then));
+                }
+                *published = now;
+            }
+        }
         // SAFETY: Envoy's pointer for this config, on the main thread.
         unsafe { config.stats.publish(config_envoy, &gauges) };
     })

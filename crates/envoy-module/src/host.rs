@@ -2,14 +2,17 @@
 //! (`envoy.rs`), unit tests use an in-memory one. Values are copied out, because the bytes Envoy
 //! lends are only valid until the hook returns or the next change.
 
-/// The counters the module exports as Envoy stats (`/stats/prometheus`), with their labels.
+/// The counters the module exports as Envoy stats (`/stats/prometheus`), with their labels. Names
+/// and labels are the ext_proc service's series names, so a dashboard reads both forms (Envoy
+/// prefixes `envoy_`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Counter {
-    /// Requests routed: `operation`, `reason`, `model`, `cluster`, `category`.
+    /// Requests routed: `gen_ai_operation_name`, `reason`, `gen_ai_request_model`, `cluster`,
+    /// `category`.
     Decisions,
     /// Requests answered with an error: `code`.
     Refusals,
-    /// Requests the router answered itself: `operation`.
+    /// Requests the router answered itself: `gen_ai_operation_name`.
     Answered,
     /// Requests naming a state id, by placement: `outcome` (hit, miss, stale_cluster,
     /// moved_host).
@@ -20,11 +23,25 @@ pub enum Counter {
     ConfigReloads,
     /// Panics caught at the module's boundary (each answered with a 500): no labels.
     Panics,
+    /// The shared (Redis) store's: ids queued while Redis did not answer.
+    WriteBehindQueued,
+    /// Ids dropped from the full write-behind queue.
+    WriteBehindDropped,
+    /// Queued ids written once Redis answered.
+    WriteBehindFlushed,
+    /// Times Redis was found emptied and a re-seed began.
+    Reseeds,
+    /// Ids written back by re-seeds.
+    ReseededIds,
+    /// Redis commands that failed (errors and timeouts).
+    RedisErrors,
+    /// Changes of a Redis Cluster's slot map followed.
+    RedisSlotMoves,
 }
 
 impl Counter {
     /// Every counter, in definition order.
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 14] = [
         Counter::Decisions,
         Counter::Refusals,
         Counter::Answered,
@@ -32,31 +49,51 @@ impl Counter {
         Counter::LearnedIds,
         Counter::ConfigReloads,
         Counter::Panics,
+        Counter::WriteBehindQueued,
+        Counter::WriteBehindDropped,
+        Counter::WriteBehindFlushed,
+        Counter::Reseeds,
+        Counter::ReseededIds,
+        Counter::RedisErrors,
+        Counter::RedisSlotMoves,
     ];
 
     /// The stat's name (Envoy prefixes the filter's `metrics_namespace`).
     pub fn name(self) -> &'static str {
         match self {
-            Counter::Decisions => "decisions",
-            Counter::Refusals => "refusals",
-            Counter::Answered => "answered",
-            Counter::Affinity => "affinity",
-            Counter::LearnedIds => "learned_ids",
-            Counter::ConfigReloads => "config_reloads",
-            Counter::Panics => "panics",
+            Counter::Decisions => "decisions_total",
+            Counter::Refusals => "refusals_total",
+            Counter::Answered => "answered_total",
+            Counter::Affinity => "affinity_total",
+            Counter::LearnedIds => "learned_ids_total",
+            Counter::ConfigReloads => "config_reloads_total",
+            Counter::Panics => "panics_total",
+            Counter::WriteBehindQueued => "affinity_write_behind_queued_total",
+            Counter::WriteBehindDropped => "affinity_write_behind_dropped_total",
+            Counter::WriteBehindFlushed => "affinity_write_behind_flushed_total",
+            Counter::Reseeds => "affinity_reseeds_total",
+            Counter::ReseededIds => "affinity_reseeded_ids_total",
+            Counter::RedisErrors => "affinity_redis_errors_total",
+            Counter::RedisSlotMoves => "affinity_redis_cluster_slot_moves_total",
         }
     }
 
     /// Its label names; every increment passes exactly these.
     pub fn labels(self) -> &'static [&'static str] {
         match self {
-            Counter::Decisions => &["operation", "reason", "model", "cluster", "category"],
+            Counter::Decisions => &[
+                "gen_ai_operation_name",
+                "reason",
+                "gen_ai_request_model",
+                "cluster",
+                "category",
+            ],
             Counter::Refusals => &["code"],
-            Counter::Answered => &["operation"],
+            Counter::Answered => &["gen_ai_operation_name"],
             Counter::Affinity => &["outcome"],
             Counter::LearnedIds => &["source"],
             Counter::ConfigReloads => &["result"],
-            Counter::Panics => &[],
+            _ => &[],
         }
     }
 }
@@ -68,15 +105,30 @@ pub enum Gauge {
     ConfigGeneration,
     /// Ids held by the in-memory affinity store.
     StoreEntries,
+    /// 1 when the affinity store answers (with Redis: Redis answered the last check).
+    StoreUp,
+    /// Ids waiting in the write-behind queue.
+    WriteBehindLength,
+    /// 1 while a re-seed writes memory back into a Redis that lost its data.
+    Reseeding,
 }
 
 impl Gauge {
-    pub const ALL: [Gauge; 2] = [Gauge::ConfigGeneration, Gauge::StoreEntries];
+    pub const ALL: [Gauge; 5] = [
+        Gauge::ConfigGeneration,
+        Gauge::StoreEntries,
+        Gauge::StoreUp,
+        Gauge::WriteBehindLength,
+        Gauge::Reseeding,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Gauge::ConfigGeneration => "config_generation",
             Gauge::StoreEntries => "affinity_store_entries",
+            Gauge::StoreUp => "affinity_store_up",
+            Gauge::WriteBehindLength => "affinity_write_behind_length",
+            Gauge::Reseeding => "affinity_reseeding",
         }
     }
 }

@@ -9,6 +9,7 @@
 //!   out, learn the created id from the response as it passes.
 //! - [`router`]: what every worker shares: the routing table (hot-reloaded), the store.
 //! - [`shared`]: the store shared with other Envoys, reached off the worker threads.
+//! - [`redis`]: that store: the service's Redis store, on a thread of its own.
 //! - `exports`: the hooks Envoy calls, each behind `catch_unwind`.
 //! - [`log`]: Envoy's log.
 //!
@@ -24,6 +25,7 @@ mod exports;
 pub mod filter;
 pub mod host;
 pub mod log;
+pub mod redis;
 pub mod router;
 pub mod shared;
 pub mod tally;

@@ -10,8 +10,10 @@ use std::time::{Duration, SystemTime};
 
 use responses_router_core::affinity::{AffinityStore, MemoryStore, NoStore};
 use responses_router_core::config::{self, Compiled, RoutingTable, Settings};
+use responses_router_redis::{RedisSettings, Stats};
 use serde::Deserialize;
 
+use crate::redis::RedisRemote;
 use crate::shared::Remote;
 
 /// The filter's own config (`filter_config` in Envoy's YAML): a `google.protobuf.Struct` (Envoy
@@ -38,9 +40,12 @@ fn default_poll_seconds() -> u64 {
 pub struct Router {
     table: RwLock<Arc<RoutingTable>>,
     settings: Settings,
-    store: Box<dyn AffinityStore>,
-    /// The store shared with other Envoys, when `affinity.redis_url` is set.
+    /// Memory, or (with Redis) the memory in front of Redis.
+    store: Arc<dyn AffinityStore>,
+    /// The store shared with other Envoys, when Redis is configured (a fake in tests).
     remote: Option<Arc<dyn Remote>>,
+    /// The Redis store itself, for its state and counters.
+    redis: Option<Arc<RedisRemote>>,
     generation: AtomicU64,
     /// Reload outcomes not yet exported as stats (the reload thread cannot touch Envoy's stats;
     /// the next stream on a worker publishes them).
@@ -79,7 +84,7 @@ impl Router {
                     .to_owned(),
             ),
         }?;
-        let router = Arc::new(Router::new(compiled));
+        let router = Arc::new(Router::new(compiled)?);
         if let Some(path) = module
             .routing_yaml
             .filter(|_| module.config_poll_seconds > 0)
@@ -90,26 +95,40 @@ impl Router {
         Ok(router)
     }
 
-    fn new(compiled: Compiled) -> Router {
+    fn new(compiled: Compiled) -> Result<Router, String> {
         let affinity = &compiled.settings.affinity;
-        let store: Box<dyn AffinityStore> = if affinity.learn {
-            Box::new(MemoryStore::new(
-                affinity.capacity,
-                Duration::from_secs(affinity.ttl_seconds),
-            ))
+        let mut redis = None;
+        let store: Arc<dyn AffinityStore> = if affinity.learn {
+            let memory =
+                MemoryStore::new(affinity.capacity, Duration::from_secs(affinity.ttl_seconds));
+            // Credential and certificate files are read here: a missing one fails the config.
+            let settings = RedisSettings::from_config(affinity).map_err(|issues| {
+                let issues: Vec<String> = issues.iter().map(ToString::to_string).collect();
+                issues.join("; ")
+            })?;
+            match settings {
+                None => Arc::new(memory),
+                Some(settings) => {
+                    crate::log::forward_tracing();
+                    let remote = RedisRemote::start(settings, memory)?;
+                    redis = Some(Arc::clone(&remote));
+                    remote
+                }
+            }
         } else {
-            Box::new(NoStore)
+            Arc::new(NoStore)
         };
-        Router {
+        Ok(Router {
             table: RwLock::new(Arc::new(compiled.table)),
             settings: compiled.settings,
             store,
-            remote: None,
+            remote: redis.clone().map(|r| r as Arc<dyn Remote>),
+            redis,
             generation: AtomicU64::new(1),
             unpublished_ok: AtomicU64::new(1),
             unpublished_rejected: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
-        }
+        })
     }
 
     /// The table new streams use (a stream keeps the one it started with).
@@ -126,6 +145,11 @@ impl Router {
     /// The shared store, when there is one.
     pub fn remote(&self) -> Option<&Arc<dyn Remote>> {
         self.remote.as_ref()
+    }
+
+    /// With Redis: whether it answered the last check, and the store's counters.
+    pub fn redis_state(&self) -> Option<(bool, Stats)> {
+        self.redis.as_ref().map(|redis| redis.state())
     }
 
     /// Shares learned locations through `remote` (tests; `from_filter_config` builds the real

@@ -54,6 +54,14 @@ fn encode(key: &mut Vec<u8>, counter: Counter, labels: &[&str]) {
 impl Tally {
     /// Counts one `counter` event with `labels`.
     pub fn add(&self, counter: Counter, labels: &[&str]) {
+        self.add_n(counter, labels, 1);
+    }
+
+    /// Counts `n` `counter` events with `labels`.
+    pub fn add_n(&self, counter: Counter, labels: &[&str], n: u64) {
+        if n == 0 {
+            return;
+        }
         let shard = SHARD.with(|s| *s);
         KEY.with_borrow_mut(|key| {
             encode(key, counter, labels);
@@ -61,7 +69,7 @@ impl Tally {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             match entries.get_mut(key.as_slice()) {
-                Some(entry) => entry.count += 1,
+                Some(entry) => entry.count += n,
                 None => {
                     let labels = labels.iter().map(|l| (*l).to_owned()).collect();
                     entries.insert(
@@ -69,7 +77,7 @@ impl Tally {
                         Entry {
                             counter,
                             labels,
-                            count: 1,
+                            count: n,
                         },
                     );
                 }
