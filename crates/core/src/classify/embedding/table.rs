@@ -1,0 +1,319 @@
+//! The token-to-vector table of a static-embedding model, and the arithmetic on it: summing the
+//! rows of a text's tokens, normalising, dot products.
+//!
+//! An F16 (or BF16) table stays F16 in memory and each row is converted while it is added: an F32
+//! copy would double the model's resident memory. The conversion is exact (every F16 value is an
+//! F32 value) and written without branches, so the compiler vectorises the row loop; summing in
+//! F32, in token order, gives bit for bit the result of converting the table first.
+
+/// How the rows are stored.
+#[derive(Debug)]
+pub(super) enum Storage {
+    F32(Vec<f32>),
+    /// IEEE 754 binary16 bit patterns.
+    F16(Vec<u16>),
+    /// bfloat16 bit patterns (the upper half of an F32).
+    Bf16(Vec<u16>),
+}
+
+impl Storage {
+    fn name(&self) -> &'static str {
+        match self {
+            Storage::F32(_) => "F32",
+            Storage::F16(_) => "F16",
+            Storage::Bf16(_) => "BF16",
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Storage::F32(v) => v.capacity() * 4,
+            Storage::F16(v) | Storage::Bf16(v) => v.capacity() * 2,
+        }
+    }
+
+    /// The value at `index`, as F32 (load-time checks and tests; the pooling loop converts rows).
+    pub(super) fn get(&self, index: usize) -> Option<f32> {
+        match self {
+            Storage::F32(v) => v.get(index).copied(),
+            Storage::F16(v) => v.get(index).map(|&h| f16_to_f32(h)),
+            Storage::Bf16(v) => v.get(index).map(|&h| bf16_to_f32(h)),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Storage::F32(v) => v.len(),
+            Storage::F16(v) | Storage::Bf16(v) => v.len(),
+        }
+    }
+}
+
+/// A `[rows, dim]` table, with model2vec's optional per-token `weights` and token -> row
+/// `mapping`. Built by the loader, which checks the shapes; [`VectorTable::new`] checks them again.
+#[derive(Debug)]
+pub(super) struct VectorTable {
+    rows: usize,
+    dim: usize,
+    storage: Storage,
+    /// Per token id: a factor on its row (model2vec's `weights`).
+    weights: Option<Vec<f32>>,
+    /// Per token id: the row that holds its vector (model2vec's vocabulary quantisation).
+    mapping: Option<Vec<u32>>,
+}
+
+impl VectorTable {
+    /// `storage` holds `rows * dim` values; `weights` and `mapping` (if any) one entry per token
+    /// id, with every mapped row in range. `None` if the shapes disagree.
+    pub(super) fn new(
+        rows: usize,
+        dim: usize,
+        storage: Storage,
+        weights: Option<Vec<f32>>,
+        mapping: Option<Vec<u32>>,
+    ) -> Option<Self> {
+        let shapes_agree = dim > 0
+            && rows.checked_mul(dim) == Some(storage.len())
+            && mapping
+                .as_ref()
+                .is_none_or(|m| m.iter().all(|&r| (r as usize) < rows))
+            && match (&weights, &mapping) {
+                (Some(w), Some(m)) => w.len() == m.len(),
+                _ => true,
+            };
+        shapes_agree.then_some(VectorTable {
+            rows,
+            dim,
+            storage,
+            weights,
+            mapping,
+        })
+    }
+
+    pub(super) fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Token ids the table can look up: `0..tokens()`.
+    pub(super) fn tokens(&self) -> usize {
+        match (&self.mapping, &self.weights) {
+            (Some(m), _) => m.len(),
+            (None, Some(w)) => w.len().min(self.rows),
+            (None, None) => self.rows,
+        }
+    }
+
+    pub(super) fn dtype(&self) -> &'static str {
+        self.storage.name()
+    }
+
+    /// The table's own heap bytes (rows, weights, mapping).
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.storage.heap_bytes()
+            + self.weights.as_ref().map_or(0, |w| w.capacity() * 4)
+            + self.mapping.as_ref().map_or(0, |m| m.capacity() * 4)
+    }
+
+    /// Adds token `id`'s vector (times its weight) to `acc` (`dim` long). `false` if the table has
+    /// no row for `id` (the loader refuses tokenizers with such ids, so this is defensive).
+    pub(super) fn add_token(&self, id: u32, acc: &mut [f32]) -> bool {
+        let id = id as usize;
+        if id >= self.tokens() || acc.len() != self.dim {
+            return false;
+        }
+        let row = match &self.mapping {
+            Some(mapping) => mapping[id] as usize,
+            None => id,
+        };
+        let span = row * self.dim..(row + 1) * self.dim;
+        let weight = self.weights.as_ref().map(|w| w[id]);
+        match (&self.storage, weight) {
+            (Storage::F32(v), None) => add_f32(acc, &v[span]),
+            (Storage::F32(v), Some(w)) => add_scaled(acc, v[span].iter().copied(), w),
+            (Storage::F16(v), None) => add_f16(acc, &v[span]),
+            (Storage::F16(v), Some(w)) => {
+                add_scaled(acc, v[span].iter().map(|&h| f16_to_f32(h)), w)
+            }
+            (Storage::Bf16(v), None) => add_bf16(acc, &v[span]),
+            (Storage::Bf16(v), Some(w)) => {
+                add_scaled(acc, v[span].iter().map(|&h| bf16_to_f32(h)), w)
+            }
+        }
+        true
+    }
+}
+
+/// Exact IEEE 754 binary16 -> binary32 for finite values, without branches (the loader refuses
+/// tables holding infinities or NaNs). Normal numbers move their exponent and mantissa into place
+/// and re-bias the exponent (+112); subnormals (exponent 0) are `mantissa * 2^-24`, computed from
+/// the integer mantissa so that no subnormal F32 ever enters the arithmetic.
+#[inline(always)]
+pub(super) fn f16_to_f32(h: u16) -> f32 {
+    let h = u32::from(h);
+    let sign = (h & 0x8000) << 16;
+    let magnitude = h & 0x7fff;
+    let normal = f32::from_bits((magnitude << 13) + (112 << 23));
+    let subnormal = (h & 0x03ff) as f32 * (1.0 / 16_777_216.0);
+    let value = if h & 0x7c00 == 0 { subnormal } else { normal };
+    f32::from_bits(value.to_bits() | sign)
+}
+
+/// bfloat16 -> binary32: the bits are the upper half of an F32.
+#[inline(always)]
+fn bf16_to_f32(h: u16) -> f32 {
+    f32::from_bits(u32::from(h) << 16)
+}
+
+fn add_f32(acc: &mut [f32], row: &[f32]) {
+    for (a, r) in acc.iter_mut().zip(row) {
+        *a += *r;
+    }
+}
+
+fn add_f16(acc: &mut [f32], row: &[u16]) {
+    // Fixed-size chunks keep the loop free of bounds checks, so it vectorises.
+    let mut acc_chunks = acc.chunks_exact_mut(8);
+    let mut row_chunks = row.chunks_exact(8);
+    for (a, r) in (&mut acc_chunks).zip(&mut row_chunks) {
+        for i in 0..8 {
+            a[i] += f16_to_f32(r[i]);
+        }
+    }
+    for (a, &r) in acc_chunks
+        .into_remainder()
+        .iter_mut()
+        .zip(row_chunks.remainder())
+    {
+        *a += f16_to_f32(r);
+    }
+}
+
+fn add_bf16(acc: &mut [f32], row: &[u16]) {
+    for (a, &r) in acc.iter_mut().zip(row) {
+        *a += bf16_to_f32(r);
+    }
+}
+
+fn add_scaled(acc: &mut [f32], row: impl Iterator<Item = f32>, weight: f32) {
+    for (a, r) in acc.iter_mut().zip(row) {
+        *a += r * weight;
+    }
+}
+
+/// The dot product of two equally long vectors, with eight partial sums (vectorisable, and the
+/// same order of additions on every call).
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut sums = [0.0f32; 8];
+    let mut a_chunks = a.chunks_exact(8);
+    let mut b_chunks = b.chunks_exact(8);
+    for (x, y) in (&mut a_chunks).zip(&mut b_chunks) {
+        for i in 0..8 {
+            sums[i] += x[i] * y[i];
+        }
+    }
+    let mut total =
+        ((sums[0] + sums[1]) + (sums[2] + sums[3])) + ((sums[4] + sums[5]) + (sums[6] + sums[7]));
+    for (x, y) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
+        total += x * y;
+    }
+    total
+}
+
+/// Scales `v` to unit length; `false` (and `v` unchanged) if its length is zero or not finite.
+pub(crate) fn normalize(v: &mut [f32]) -> bool {
+    let norm = dot(v, v).sqrt();
+    if !(norm.is_finite() && norm > 0.0) {
+        return false;
+    }
+    v.iter_mut().for_each(|x| *x /= norm);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_conversion_is_exact_for_every_finite_value() {
+        for bits in 0..=u16::MAX {
+            let reference = half::f16::from_bits(bits);
+            if reference.is_finite() {
+                assert_eq!(
+                    f16_to_f32(bits).to_bits(),
+                    reference.to_f32().to_bits(),
+                    "{bits:#06x}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rows_are_summed_with_weights_and_mapping() {
+        // Three rows of dim 2; tokens 0..4 map onto them, token 3 with weight 0.5.
+        let table = VectorTable::new(
+            3,
+            2,
+            Storage::F32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+            Some(vec![1.0, 1.0, 1.0, 0.5]),
+            Some(vec![2, 0, 1, 2]),
+        )
+        .unwrap();
+        let mut acc = [0.0; 2];
+        assert!(table.add_token(1, &mut acc));
+        assert!(table.add_token(3, &mut acc));
+        assert_eq!(acc, [1.0 + 2.5, 2.0 + 3.0]);
+        assert!(!table.add_token(4, &mut acc), "no such token");
+        assert_eq!(table.tokens(), 4);
+    }
+
+    #[test]
+    fn f16_and_bf16_rows_add_like_their_f32_values() {
+        let values = [0.5f32, -1.25, 3.0, 0.0, 1.0e-6, -65504.0, 0.333, 7.0, 9.5];
+        let f16: Vec<u16> = values
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_bits())
+            .collect();
+        let as_f32: Vec<f32> = f16
+            .iter()
+            .map(|&b| half::f16::from_bits(b).to_f32())
+            .collect();
+        let table = VectorTable::new(1, 9, Storage::F16(f16), None, None).unwrap();
+        let mut acc = [1.0f32; 9];
+        table.add_token(0, &mut acc);
+        let expected: Vec<f32> = as_f32.iter().map(|v| 1.0 + v).collect();
+        assert_eq!(acc.to_vec(), expected);
+
+        let bf16: Vec<u16> = values
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_bits())
+            .collect();
+        let table = VectorTable::new(1, 9, Storage::Bf16(bf16.clone()), None, None).unwrap();
+        let mut acc = [0.0f32; 9];
+        table.add_token(0, &mut acc);
+        let expected: Vec<f32> = bf16
+            .iter()
+            .map(|&b| half::bf16::from_bits(b).to_f32())
+            .collect();
+        assert_eq!(acc.to_vec(), expected);
+    }
+
+    #[test]
+    fn shapes_that_disagree_are_refused() {
+        let f32s = |n| Storage::F32(vec![0.0; n]);
+        assert!(VectorTable::new(2, 3, f32s(5), None, None).is_none());
+        assert!(VectorTable::new(2, 0, f32s(0), None, None).is_none());
+        assert!(VectorTable::new(2, 1, f32s(2), None, Some(vec![0, 2])).is_none());
+        assert!(VectorTable::new(2, 1, f32s(2), Some(vec![1.0]), Some(vec![0, 1])).is_none());
+    }
+
+    #[test]
+    fn dot_and_normalize() {
+        let a: Vec<f32> = (1..=11).map(|i| i as f32).collect();
+        assert_eq!(dot(&a, &a), (1..=11).map(|i| (i * i) as f32).sum::<f32>());
+        let mut v = [3.0f32, 4.0];
+        assert!(normalize(&mut v));
+        assert_eq!(v, [3.0 / 5.0, 4.0 / 5.0]);
+        let mut zero = [0.0f32; 3];
+        assert!(!normalize(&mut zero));
+    }
+}
