@@ -180,8 +180,12 @@ fn run(command: Command) -> Result<(), Failure> {
             let compiled = config::load(&path)
                 .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
             let table = &compiled.table;
+            let model = table
+                .embedding_model()
+                .map(|m| format!("; embedding: {} ({})", m.describe(), m.dir().display()))
+                .unwrap_or_default();
             println!(
-                "{}: ok ({}, {}, {})",
+                "{}: ok ({}, {}, {}{model})",
                 path.display(),
                 count(table.models().len(), "model", "models"),
                 count(table.all_candidates().len(), "cluster", "clusters"),
