@@ -29,7 +29,7 @@ pub use files::Layout;
 use files::ModelFiles;
 use table::{Storage, VectorTable};
 pub(crate) use table::{dot, normalize};
-use tokens::{Chunking, TokenEncoder};
+use tokens::{Chunking, TokenEncoder, TokenizerFacts};
 
 /// Only this many bytes of a text are embedded (at most a few hundred µs for a text never seen
 /// before; the latest user turn that is classified is usually far shorter).
@@ -256,24 +256,21 @@ fn load_tokenizer(path: &Path) -> Result<(TokenEncoder, Option<u32>, Option<u32>
         path: path.to_owned(),
         source,
     })?;
-    let json: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
     let mut tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| bad(e.to_string()))?;
+    let facts = TokenizerFacts::parse(&bytes).map_err(|e| bad(e.to_string()))?;
+    drop(bytes);
     tokenizer
         .with_truncation(None)
         .map_err(|e| bad(e.to_string()))?;
     tokenizer.with_padding(None);
-    if json["model"]["type"] == "BPE" && !json["model"]["dropout"].is_null() {
+    if facts.bpe_dropout() {
         return Err(bad(
             "BPE dropout is set: tokenisation would be random; set `dropout` to null".into(),
         ));
     }
-    let unk = json["model"]["unk_token"]
-        .as_str()
-        .and_then(|t| tokenizer.token_to_id(t));
-    let max_id = tokenizer.get_vocab(true).into_values().max();
-    let encoder = TokenEncoder::new(tokenizer, tokens::detect_chunking(&json)).map_err(bad)?;
-    Ok((encoder, unk, max_id))
+    let unk = facts.unk(&tokenizer);
+    let encoder = TokenEncoder::new(tokenizer, facts.chunking()).map_err(bad)?;
+    Ok((encoder, unk, facts.max_id()))
 }
 
 /// The vector table: `embedding.weight` (wordllama) or `embeddings` (model2vec), else the only

@@ -3,8 +3,11 @@
 //!
 //! An F16 (or BF16) table stays F16 in memory and each row is converted while it is added: an F32
 //! copy would double the model's resident memory. The conversion is exact (every F16 value is an
-//! F32 value) and written without branches, so the compiler vectorises the row loop; summing in
-//! F32, in token order, gives bit for bit the result of converting the table first.
+//! F32 value), so summing in F32, in token order, gives bit for bit the result of converting the
+//! table first. On x86-64 CPUs with F16C (every x86-64 CPU since about 2012) a row is converted 8
+//! values per instruction; elsewhere a branch-free portable conversion that the compiler
+//! vectorises does the same, exactly (a test compares the two on every F16 value), at about a
+//! third of the speed.
 
 /// How the rows are stored.
 #[derive(Debug)]
@@ -60,6 +63,8 @@ pub(super) struct VectorTable {
     weights: Option<Vec<f32>>,
     /// Per token id: the row that holds its vector (model2vec's vocabulary quantisation).
     mapping: Option<Vec<u32>>,
+    /// The CPU converts F16 in hardware (x86-64 F16C and AVX), checked once at construction.
+    f16c: bool,
 }
 
 impl VectorTable {
@@ -87,6 +92,7 @@ impl VectorTable {
             storage,
             weights,
             mapping,
+            f16c: has_f16c(),
         })
     }
 
@@ -130,7 +136,7 @@ impl VectorTable {
         match (&self.storage, weight) {
             (Storage::F32(v), None) => add_f32(acc, &v[span]),
             (Storage::F32(v), Some(w)) => add_scaled(acc, v[span].iter().copied(), w),
-            (Storage::F16(v), None) => add_f16(acc, &v[span]),
+            (Storage::F16(v), None) => add_f16(acc, &v[span], self.f16c),
             (Storage::F16(v), Some(w)) => {
                 add_scaled(acc, v[span].iter().map(|&h| f16_to_f32(h)), w)
             }
@@ -143,19 +149,16 @@ impl VectorTable {
     }
 }
 
-/// Exact IEEE 754 binary16 -> binary32 for finite values, without branches (the loader refuses
-/// tables holding infinities or NaNs). Normal numbers move their exponent and mantissa into place
-/// and re-bias the exponent (+112); subnormals (exponent 0) are `mantissa * 2^-24`, computed from
-/// the integer mantissa so that no subnormal F32 ever enters the arithmetic.
+/// Exact IEEE 754 binary16 -> binary32 for finite values (the loader refuses tables holding
+/// infinities or NaNs), without branches: the exponent and mantissa bits move into place as an
+/// F32 whose exponent is 112 too small, and one multiplication by 2^112 re-biases it. That product
+/// is exact for normal numbers and for F16 subnormals alike (these enter as F32 subnormals, which
+/// some CPUs multiply slowly; the wordllama table has 554 among its 8.2 million values).
 #[inline(always)]
 pub(super) fn f16_to_f32(h: u16) -> f32 {
+    const TWO_POW_112: f32 = f32::from_bits((127 + 112) << 23);
     let h = u32::from(h);
-    let sign = (h & 0x8000) << 16;
-    let magnitude = h & 0x7fff;
-    let normal = f32::from_bits((magnitude << 13) + (112 << 23));
-    let subnormal = (h & 0x03ff) as f32 * (1.0 / 16_777_216.0);
-    let value = if h & 0x7c00 == 0 { subnormal } else { normal };
-    f32::from_bits(value.to_bits() | sign)
+    f32::from_bits(((h & 0x7fff) << 13) | ((h & 0x8000) << 16)) * TWO_POW_112
 }
 
 /// bfloat16 -> binary32: the bits are the upper half of an F32.
@@ -170,7 +173,19 @@ fn add_f32(acc: &mut [f32], row: &[f32]) {
     }
 }
 
-fn add_f16(acc: &mut [f32], row: &[u16]) {
+fn add_f16(acc: &mut [f32], row: &[u16], f16c: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if f16c {
+        // SAFETY: `f16c` is true only when the CPU has F16C and AVX (`has_f16c`).
+        unsafe { x86::add_f16_f16c(acc, row) };
+        return;
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = f16c;
+    add_f16_portable(acc, row);
+}
+
+fn add_f16_portable(acc: &mut [f32], row: &[u16]) {
     // Fixed-size chunks keep the loop free of bounds checks, so it vectorises.
     let mut acc_chunks = acc.chunks_exact_mut(8);
     let mut row_chunks = row.chunks_exact(8);
@@ -185,6 +200,50 @@ fn add_f16(acc: &mut [f32], row: &[u16]) {
         .zip(row_chunks.remainder())
     {
         *a += f16_to_f32(r);
+    }
+}
+
+/// Whether this CPU converts F16 in hardware.
+fn has_f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::{
+        __m128i, _mm_loadu_si128, _mm256_add_ps, _mm256_cvtph_ps, _mm256_loadu_ps, _mm256_storeu_ps,
+    };
+
+    /// `acc += row`, 8 values at a time with `vcvtph2ps` (exact, as IEEE 754 requires).
+    ///
+    /// # Safety
+    /// The CPU must support F16C and AVX.
+    #[target_feature(enable = "avx,f16c")]
+    pub(super) unsafe fn add_f16_f16c(acc: &mut [f32], row: &[u16]) {
+        let n = acc.len().min(row.len());
+        let whole = n - n % 8;
+        let mut i = 0;
+        while i < whole {
+            // SAFETY: i + 8 <= n, so both 8-wide reads and the write stay inside the slices;
+            // unaligned loads and stores are used.
+            unsafe {
+                let halves = _mm_loadu_si128(row.as_ptr().add(i).cast::<__m128i>());
+                let sum = _mm256_add_ps(
+                    _mm256_loadu_ps(acc.as_ptr().add(i)),
+                    _mm256_cvtph_ps(halves),
+                );
+                _mm256_storeu_ps(acc.as_mut_ptr().add(i), sum);
+            }
+            i += 8;
+        }
+        super::add_f16_portable(&mut acc[whole..n], &row[whole..n]);
     }
 }
 
@@ -244,6 +303,22 @@ mod tests {
                     "{bits:#06x}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn hardware_and_portable_f16_rows_add_alike() {
+        // Every F16 bit pattern that is finite, in rows of 8 plus a remainder.
+        let finite: Vec<u16> = (0..=u16::MAX)
+            .filter(|&b| half::f16::from_bits(b).is_finite())
+            .collect();
+        for row in finite.chunks(8 * 37 + 5) {
+            let mut portable = vec![0.25f32; row.len()];
+            let mut dispatched = portable.clone();
+            add_f16_portable(&mut portable, row);
+            add_f16(&mut dispatched, row, has_f16c());
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&portable), bits(&dispatched));
         }
     }
 

@@ -48,42 +48,173 @@ pub(super) enum Chunking {
     SpacePrepend,
 }
 
-/// Recognises the tokenizer family from the parsed `tokenizer.json`.
-pub(super) fn detect_chunking(json: &serde_json::Value) -> Chunking {
-    let normalizer = &json["normalizer"];
-    let pre_tokenizer = &json["pre_tokenizer"];
-    if normalizer["type"] == "BertNormalizer" && pre_tokenizer["type"] == "BertPreTokenizer" {
-        return Chunking::Whitespace;
+/// What the loader needs to know about a `tokenizer.json`, read without keeping (or even
+/// allocating) its vocabulary and merges: the big maps are scanned in place. The `tokenizers`
+/// crate reads the file for the tokenizer itself.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct TokenizerFacts {
+    #[serde(default)]
+    normalizer: Option<serde_json::Value>,
+    #[serde(default)]
+    pre_tokenizer: Option<serde_json::Value>,
+    #[serde(default)]
+    added_tokens: Vec<AddedTokenFacts>,
+    #[serde(default)]
+    model: ModelFacts,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct AddedTokenFacts {
+    id: u32,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct ModelFacts {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    dropout: Option<f64>,
+    #[serde(default)]
+    ignore_merges: bool,
+    /// BPE, WordPiece, WordLevel.
+    #[serde(default)]
+    unk_token: Option<String>,
+    /// Unigram.
+    #[serde(default)]
+    unk_id: Option<u32>,
+    #[serde(default)]
+    vocab: VocabFacts,
+}
+
+/// Scanned from `model.vocab` (a token -> id map, or Unigram's list of `[piece, score]`).
+#[derive(Debug, Default)]
+struct VocabFacts {
+    max_id: Option<u32>,
+    /// Some token holds a `▁` right after another character.
+    space_inside: bool,
+}
+
+impl<'de> serde::Deserialize<'de> for VocabFacts {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = VocabFacts;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a vocabulary map or list")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<VocabFacts, A::Error> {
+                let mut facts = VocabFacts::default();
+                while let Some(token) = map.next_key::<Token<'de>>()? {
+                    let id: u32 = map.next_value()?;
+                    facts.max_id = facts.max_id.max(Some(id));
+                    facts.space_inside |= has_space_after_other(&token.0);
+                }
+                Ok(facts)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<VocabFacts, A::Error> {
+                let mut count = 0u32;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    count += 1;
+                }
+                Ok(VocabFacts {
+                    max_id: count.checked_sub(1),
+                    space_inside: false,
+                })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
-    let steps = normalizer["normalizers"].as_array();
-    let prepend_then_replace = normalizer["type"] == "Sequence"
-        && steps.is_some_and(|s| {
-            s.len() == 2
-                && s[0]["type"] == "Prepend"
-                && s[0]["prepend"] == "▁"
-                && s[1]["type"] == "Replace"
-                && s[1]["pattern"]["String"] == " "
-                && s[1]["content"] == "▁"
-        });
-    let model = &json["model"];
-    let plain_bpe = model["type"] == "BPE"
-        && model["dropout"].is_null()
-        && !model["ignore_merges"].as_bool().unwrap_or(false);
-    // No token may hold a `▁` right after another character: then no merge crosses a cut.
-    let vocab_allows_cuts = model["vocab"].as_object().is_some_and(|vocab| {
-        vocab.keys().all(|token| {
-            let mut after_other = false;
-            token.chars().all(|c| {
-                let ok = !(c == '▁' && after_other);
-                after_other = c != '▁';
-                ok
-            })
-        })
-    });
-    if prepend_then_replace && pre_tokenizer.is_null() && plain_bpe && vocab_allows_cuts {
-        Chunking::SpacePrepend
-    } else {
-        Chunking::Whole
+}
+
+/// A vocabulary key, borrowed from the file when it has no escapes.
+struct Token<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Token<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Token<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a token")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Token<'de>, E> {
+                Ok(Token(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Token<'de>, E> {
+                Ok(Token(Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+fn has_space_after_other(token: &str) -> bool {
+    let mut after_other = false;
+    token.chars().any(|c| {
+        let inside = c == '▁' && after_other;
+        after_other = c != '▁';
+        inside
+    })
+}
+
+impl TokenizerFacts {
+    pub(super) fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// The largest token id of the model's vocabulary and of the added tokens.
+    pub(super) fn max_id(&self) -> Option<u32> {
+        let added = self.added_tokens.iter().map(|t| t.id).max();
+        self.model.vocab.max_id.max(added)
+    }
+
+    /// The unknown token (by name, or by id for Unigram).
+    pub(super) fn unk(&self, tokenizer: &Tokenizer) -> Option<u32> {
+        match &self.model.unk_token {
+            Some(token) => tokenizer.token_to_id(token),
+            None => self.model.unk_id,
+        }
+    }
+
+    /// Whether the model is a BPE with dropout (random tokenisation).
+    pub(super) fn bpe_dropout(&self) -> bool {
+        self.model.kind.as_deref() == Some("BPE") && self.model.dropout.is_some()
+    }
+
+    /// The tokenizer family, for chunking.
+    pub(super) fn chunking(&self) -> Chunking {
+        let null = serde_json::Value::Null;
+        let normalizer = self.normalizer.as_ref().unwrap_or(&null);
+        let pre_tokenizer = self.pre_tokenizer.as_ref().unwrap_or(&null);
+        if normalizer["type"] == "BertNormalizer" && pre_tokenizer["type"] == "BertPreTokenizer" {
+            return Chunking::Whitespace;
+        }
+        let steps = normalizer["normalizers"].as_array();
+        let prepend_then_replace = normalizer["type"] == "Sequence"
+            && steps.is_some_and(|s| {
+                s.len() == 2
+                    && s[0]["type"] == "Prepend"
+                    && s[0]["prepend"] == "▁"
+                    && s[1]["type"] == "Replace"
+                    && s[1]["pattern"]["String"] == " "
+                    && s[1]["content"] == "▁"
+            });
+        let model = &self.model;
+        let plain_bpe =
+            model.kind.as_deref() == Some("BPE") && model.dropout.is_none() && !model.ignore_merges;
+        // No token may hold a `▁` right after another character: then no merge crosses a cut.
+        if prepend_then_replace && pre_tokenizer.is_null() && plain_bpe && !model.vocab.space_inside
+        {
+            Chunking::SpacePrepend
+        } else {
+            Chunking::Whole
+        }
     }
 }
 
@@ -379,9 +510,15 @@ mod tests {
     }
 
     pub(crate) fn encoder(json: &str) -> TokenEncoder {
-        let value: serde_json::Value = serde_json::from_str(json).unwrap();
+        let facts = TokenizerFacts::parse(json.as_bytes()).unwrap();
         let tokenizer = Tokenizer::from_bytes(json.as_bytes()).unwrap();
-        TokenEncoder::new(tokenizer, detect_chunking(&value)).unwrap()
+        TokenEncoder::new(tokenizer, facts.chunking()).unwrap()
+    }
+
+    fn chunking_of(value: &serde_json::Value) -> Chunking {
+        TokenizerFacts::parse(value.to_string().as_bytes())
+            .unwrap()
+            .chunking()
     }
 
     fn both_ways(e: &TokenEncoder, text: &str) -> (Vec<u32>, Vec<u32>) {
@@ -416,15 +553,17 @@ mod tests {
         assert_eq!(encoder(&llama_like()).chunking(), Chunking::SpacePrepend);
         assert_eq!(encoder(&bert_like()).chunking(), Chunking::Whitespace);
         let mut v: serde_json::Value = serde_json::from_str(&llama_like()).unwrap();
+        assert_eq!(chunking_of(&v), Chunking::SpacePrepend);
         v["model"]["vocab"]["a▁"] = 999.into();
-        assert_eq!(
-            detect_chunking(&v),
-            Chunking::Whole,
-            "a token with ▁ inside"
-        );
+        assert_eq!(chunking_of(&v), Chunking::Whole, "a token with ▁ inside");
+        let facts = TokenizerFacts::parse(v.to_string().as_bytes()).unwrap();
+        assert_eq!(facts.max_id(), Some(999));
         let mut v: serde_json::Value = serde_json::from_str(&llama_like()).unwrap();
         v["model"]["dropout"] = 0.1.into();
-        assert_eq!(detect_chunking(&v), Chunking::Whole, "BPE dropout");
+        assert_eq!(chunking_of(&v), Chunking::Whole, "BPE dropout");
+        let mut v: serde_json::Value = serde_json::from_str(&bert_like()).unwrap();
+        v["pre_tokenizer"] = serde_json::json!({"type": "Whitespace"});
+        assert_eq!(chunking_of(&v), Chunking::Whole, "another pre-tokenizer");
     }
 
     #[test]
