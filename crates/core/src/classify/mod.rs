@@ -28,7 +28,7 @@ use std::sync::Arc;
 pub use embedding::{EmbeddingModel, Layout, MAX_EMBED_BYTES, ModelError};
 pub use rules::{RuleCategory, RulesClassifier, RulesError};
 pub use semantic::{
-    CategoryTexts, ExampleWithoutMeaning, KEYWORD_WEIGHT, NEAREST_KEYWORDS, Semantic,
+    CategoryTexts, ExampleWithoutMeaning, NEAREST_POINTS, NEAREST_WEIGHT, Semantic,
 };
 
 /// The outcome of classifying one text.

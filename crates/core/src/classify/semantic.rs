@@ -5,15 +5,16 @@
 //! - `E` = the normalised mean of its examples' embeddings;
 //! - `K` = the normalised mean of its keywords' embeddings (each keyword embedded as a text);
 //! - `center` = the normalised `E + K` (only one of them when the category lacks the other);
-//! - the keyword embeddings themselves are kept too.
+//! - its *points*: every example's and every keyword's own embedding.
 //!
 //! **Similarity** of a text with embedding `q` to a category:
-//! `(cos(q, center) + 0.5 * mean of the 5 highest cos(q, keyword)) / 1.5`, or `cos(q, center)` when
-//! the category has no keywords. The first term is the category as a whole; the second, how
-//! close the text comes to the few keywords nearest to it (a category's sub-topics: physics,
-//! chemistry and biology in `science`), which the blurred mean alone misses. Measured on the
-//! evaluation set (BENCHMARKS.md), the keywords' meaning added about 0.10 of accuracy over the
-//! examples alone, and the nearest-keywords term 0.01-0.02 more.
+//! `(cos(q, center) + 0.5 * mean of the 5 highest cos(q, point)) / 1.5` (the mean of all points'
+//! cosines when it has fewer than 5). The first term is the category as a whole; the second, how
+//! close the text comes to the few examples or keywords nearest to it: a category's sub-topics
+//! (physics, chemistry and biology in `science`), which the blurred mean misses, and a text that
+//! closely matches one example. Measured on the evaluation set (BENCHMARKS.md), the keywords'
+//! meaning added about 0.10 of accuracy over the examples alone, and the nearest-points term
+//! about 0.02 more.
 //!
 //! A similarity is a cosine-scaled number in [-1, 1]; how high a related text scores depends on
 //! the model (the wordllama table gives about half of what potion models give), hence a
@@ -23,10 +24,10 @@ use std::sync::Arc;
 
 use super::embedding::{EmbeddingModel, dot, normalize};
 
-/// Weight of the nearest-keywords term against the prototype's cosine.
-pub const KEYWORD_WEIGHT: f32 = 0.5;
-/// How many of a category's keywords count as its nearest to a text.
-pub const NEAREST_KEYWORDS: usize = 5;
+/// Weight of the nearest-points term against the prototype's cosine.
+pub const NEAREST_WEIGHT: f32 = 0.5;
+/// How many of a category's points (examples and keywords) count as its nearest to a text.
+pub const NEAREST_POINTS: usize = 5;
 
 /// What one category gives the semantic side.
 #[derive(Debug, Clone, Copy)]
@@ -41,8 +42,8 @@ pub struct CategoryTexts<'a> {
 #[derive(Debug)]
 struct Prototype {
     center: Vec<f32>,
-    /// Unit keyword embeddings, `dim` each, one after the other.
-    keywords: Vec<f32>,
+    /// Unit embeddings of its examples and keywords, `dim` each, one after the other.
+    points: Vec<f32>,
 }
 
 /// An example that has no embedding (no token the model knows): `(category, example)` indexes.
@@ -71,12 +72,14 @@ impl Semantic {
         let mut problems = Vec::new();
         let mut prototypes = Vec::with_capacity(categories.len());
         for (c, texts) in categories.iter().enumerate() {
+            let mut points = Vec::new();
             let mut examples = vec![0.0f32; dim];
             let mut any_example = false;
             for (e, example) in texts.examples.iter().enumerate() {
                 match model.embed(example) {
                     Some(v) => {
                         add(&mut examples, &v);
+                        points.extend_from_slice(&v);
                         any_example = true;
                     }
                     None => problems.push(ExampleWithoutMeaning {
@@ -86,16 +89,16 @@ impl Semantic {
                 }
             }
             let mut keyword_sum = vec![0.0f32; dim];
-            let mut keywords = Vec::new();
+            let mut any_keyword = false;
             for keyword in texts.keywords {
                 if let Some(v) = model.embed(keyword) {
                     add(&mut keyword_sum, &v);
-                    keywords.extend_from_slice(&v);
+                    points.extend_from_slice(&v);
+                    any_keyword = true;
                 }
             }
             let examples = (any_example && normalize(&mut examples)).then_some(examples);
-            let keyword_mean =
-                (!keywords.is_empty() && normalize(&mut keyword_sum)).then_some(keyword_sum);
+            let keyword_mean = (any_keyword && normalize(&mut keyword_sum)).then_some(keyword_sum);
             let center = match (examples, keyword_mean) {
                 (Some(mut e), Some(k)) => {
                     add(&mut e, &k);
@@ -103,7 +106,7 @@ impl Semantic {
                 }
                 (one, other) => one.or(other),
             };
-            prototypes.push(center.map(|center| Prototype { center, keywords }));
+            prototypes.push(center.map(|center| Prototype { center, points }));
         }
         if !problems.is_empty() {
             return Err(problems);
@@ -151,15 +154,15 @@ impl Semantic {
 
 fn similarity(q: &[f32], p: &Prototype) -> f32 {
     let center = dot(q, &p.center);
-    if p.keywords.is_empty() {
+    if p.points.is_empty() {
         return center;
     }
-    let mut best = [f32::NEG_INFINITY; NEAREST_KEYWORDS];
-    for keyword in p.keywords.chunks_exact(q.len()) {
-        let s = dot(q, keyword);
-        // Keep the NEAREST_KEYWORDS highest, sorted high to low.
-        if s > best[NEAREST_KEYWORDS - 1] {
-            let mut i = NEAREST_KEYWORDS - 1;
+    let mut best = [f32::NEG_INFINITY; NEAREST_POINTS];
+    for point in p.points.chunks_exact(q.len()) {
+        let s = dot(q, point);
+        // Keep the NEAREST_POINTS highest, sorted high to low.
+        if s > best[NEAREST_POINTS - 1] {
+            let mut i = NEAREST_POINTS - 1;
             while i > 0 && best[i - 1] < s {
                 best[i] = best[i - 1];
                 i -= 1;
@@ -169,7 +172,7 @@ fn similarity(q: &[f32], p: &Prototype) -> f32 {
     }
     let kept: Vec<f32> = best.into_iter().filter(|s| s.is_finite()).collect();
     let nearest = kept.iter().sum::<f32>() / kept.len() as f32;
-    (center + KEYWORD_WEIGHT * nearest) / (1.0 + KEYWORD_WEIGHT)
+    (center + NEAREST_WEIGHT * nearest) / (1.0 + NEAREST_WEIGHT)
 }
 
 fn add(acc: &mut [f32], v: &[f32]) {
@@ -228,12 +231,13 @@ mod tests {
         assert!(s.has_prototype(0) && s.has_prototype(1) && !s.has_prototype(2));
         let got = s.similarities("x");
         let r = std::f32::consts::FRAC_1_SQRT_2;
-        // cat 0: cos(q=(1,0), center) = 1/sqrt(2); nearest keywords: only "y", cos 0.
-        let cat0 = (r + KEYWORD_WEIGHT * 0.0) / (1.0 + KEYWORD_WEIGHT);
+        // cat 0: cos(q=(1,0), center) = 1/sqrt(2); its points "x", "x x", "y" have cosines 1, 1,
+        // 0 (fewer than 5: all count), mean 2/3.
+        let cat0 = (r + NEAREST_WEIGHT * (2.0 / 3.0)) / (1.0 + NEAREST_WEIGHT);
         // cat 1: center cos = 0.6 / sqrt(0.36 + 3.24) = 0.6 / sqrt(3.6); the four keyword cosines
-        // are 1, 0.6, 0, -1, all kept (fewer than 5): mean 0.15.
+        // are 1, 0, -1, 0.6: mean 0.15.
         let center1 = 0.6 / 3.6f32.sqrt();
-        let cat1 = (center1 + KEYWORD_WEIGHT * 0.15) / (1.0 + KEYWORD_WEIGHT);
+        let cat1 = (center1 + NEAREST_WEIGHT * 0.15) / (1.0 + NEAREST_WEIGHT);
         assert!((got[0].unwrap() - cat0).abs() < 1e-6, "{got:?} vs {cat0}");
         assert!((got[1].unwrap() - cat1).abs() < 1e-6, "{got:?} vs {cat1}");
         assert_eq!(got[2], None);
@@ -241,7 +245,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_nearest_keywords_count() {
+    fn only_the_nearest_points_count() {
         let dir = tempfile::tempdir().unwrap();
         let words = ["[UNK]", "a", "b", "c", "d", "e", "f", "g"];
         // a..e point at (1, 0), f and g at (0, 1).
@@ -268,7 +272,7 @@ mod tests {
         )
         .unwrap();
         // center = unit(5, 2); q = (1, 0): cos 5/sqrt(29). The 5 nearest are a..e, cos 1 each.
-        let expected = (5.0 / 29f32.sqrt() + KEYWORD_WEIGHT * 1.0) / (1.0 + KEYWORD_WEIGHT);
+        let expected = (5.0 / 29f32.sqrt() + NEAREST_WEIGHT * 1.0) / (1.0 + NEAREST_WEIGHT);
         assert!((s.similarities("a")[0].unwrap() - expected).abs() < 1e-6);
     }
 
