@@ -180,17 +180,20 @@ fn run(command: Command) -> Result<(), Failure> {
             let compiled = config::load(&path)
                 .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
             let table = &compiled.table;
-            let model = table
-                .embedding_model()
-                .map(|m| format!("; embedding: {} ({})", m.describe(), m.dir().display()))
-                .unwrap_or_default();
             println!(
-                "{}: ok ({}, {}, {}{model})",
+                "{}: ok ({}, {}, {})",
                 path.display(),
                 count(table.models().len(), "model", "models"),
                 count(table.all_candidates().len(), "cluster", "clusters"),
                 count(table.category_names().count(), "category", "categories")
             );
+            if let Some(model) = table.embedding_model() {
+                println!(
+                    "  embedding model: {} ({})",
+                    model.describe(),
+                    model.dir().display()
+                );
+            }
             Ok(())
         }
         Command::Explain {

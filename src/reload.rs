@@ -161,7 +161,12 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 }
 
 #[cfg(test)]
+#[path = "../crates/core/benches/support/models.rs"]
+mod models;
+
+#[cfg(test)]
 mod tests {
+    use super::models;
     use super::*;
 
     const V1: &str = "default_model: a\nmodels: [{ name: a, clusters: [{ name: c1 }] }]\n";
@@ -206,5 +211,31 @@ mod tests {
             text.contains("responses_router_config_last_reload_ok 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_reload_keeps_the_embedding_model_while_its_files_are_unchanged() {
+        let model = models::model_dir(models::WORDLLAMA);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routing.yaml");
+        let yaml = |example: &str| {
+            format!(
+                "{V1}classification: {{ embedding: {{ model_dir: \"{}\" }} }}\n\
+                 categories: [{{ name: k, model: a, examples: [\"{example}\"] }}]\n",
+                model.display()
+            )
+        };
+        std::fs::write(&path, yaml("write a poem")).unwrap();
+        let shared = SharedTable::new(config::load(&path).unwrap().table);
+        let mut reloader = Reloader::new(&path, shared.clone(), Arc::new(Metrics::default()));
+        let first = shared.current();
+        std::fs::write(&path, yaml("fix my code")).unwrap();
+        assert_eq!(reloader.reload(), 2);
+        let second = shared.current();
+        assert!(second.reused_model());
+        assert!(Arc::ptr_eq(
+            first.embedding_model().unwrap(),
+            second.embedding_model().unwrap()
+        ));
     }
 }

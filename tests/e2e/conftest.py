@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import CODE_CHUNK_DELAY_MS, CODE_STREAM_CHUNKS  # noqa: E402
 from procs import (  # noqa: E402
     CARGO_PACKAGES, ENVOY_YAML, ROOT, ROUTING_YAML, SHIPPED_PORTS, SIMULATORS, STARTUP_TIMEOUT, Proc, StartupError,
-    cargo_target_dir, free_ports, http_status, render_ports, simulator_argv, simulator_binary, tcp_open,
+    cargo_target_dir, ensure_models, free_ports, http_status, render_ports, simulator_argv, simulator_binary, tcp_open,
 )
 
 BUILD_TIMEOUT = 1500.0
@@ -50,6 +50,8 @@ class Stack:
 
 
 def _router_binary() -> Path:
+    # Every router the suite starts reads deploy/routing.yaml, which names an embedding model.
+    ensure_models()
     explicit = os.environ.get("RESPONSES_ROUTER_BIN")
     if explicit:
         return Path(explicit)

@@ -28,8 +28,8 @@ import openai
 
 from helpers import CONVERSATION_PROMPTS as PROMPTS, SIMULATOR_OUTPUT as OUTPUT
 from procs import (
-    ENVOY_YAML, ROOT, ROUTING_YAML, SHIPPED_PORTS, SIMULATORS, STARTUP_TIMEOUT, Proc, free_ports, http_status,
-    render_ports, simulator_argv, simulator_binary, tcp_open,
+    ENVOY_YAML, ROOT, ROUTING_YAML, SHIPPED_PORTS, SIMULATORS, STARTUP_TIMEOUT, Proc, ensure_models, free_ports,
+    http_status, render_ports, simulator_argv, simulator_binary, tcp_open,
 )
 
 
@@ -40,6 +40,7 @@ class Fleet:
     def __init__(self, workdir: Path, router_bin: str, envoy_bin: str, *, replicas: int = 1,
                  redis: bool = False, router_env: dict[str, str] | None = None,
                  routing_yaml: Path = ROUTING_YAML):
+        ensure_models()  # the routing YAML names an embedding model
         self.workdir = workdir
         self.router_bin = router_bin
         self.envoy_bin = envoy_bin

@@ -13,9 +13,15 @@ pub const M2V: &str = "wordllama-l2-supercat-256-m2v";
 
 /// The directory of model `name`; panics with what to run when it has not been fetched.
 pub fn model_dir(name: &str) -> PathBuf {
+    // `.cache/models` at the workspace root: the nearest ancestor of this package with Cargo.lock.
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let workspace = manifest
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .unwrap_or(&manifest);
     let root = std::env::var_os("RESPONSES_ROUTER_MODELS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/models"));
+        .unwrap_or_else(|| workspace.join(".cache/models"));
     let dir = root.join(name);
     assert!(
         dir.join(".complete").is_file(),
