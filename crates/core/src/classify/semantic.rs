@@ -22,7 +22,7 @@
 
 use std::sync::Arc;
 
-use super::embedding::{EmbeddingModel, dot, normalize};
+use super::embedding::{EmbeddingModel, dots, normalize};
 
 /// Weight of the nearest-points term against the prototype's cosine.
 pub const NEAREST_WEIGHT: f32 = 0.5;
@@ -38,12 +38,12 @@ pub struct CategoryTexts<'a> {
     pub min_similarity: f32,
 }
 
-/// One category's prototype.
-#[derive(Debug)]
+/// Where one category's prototype is in [`Semantic`]'s matrix: its center's row, then its points'
+/// rows (unit embeddings of its examples and keywords).
+#[derive(Debug, Clone)]
 struct Prototype {
-    center: Vec<f32>,
-    /// Unit embeddings of its examples and keywords, `dim` each, one after the other.
-    points: Vec<f32>,
+    center: usize,
+    points: std::ops::Range<usize>,
 }
 
 /// An example that has no embedding (no token the model knows): `(category, example)` indexes.
@@ -57,6 +57,9 @@ pub struct ExampleWithoutMeaning {
 #[derive(Debug)]
 pub struct Semantic {
     model: Arc<EmbeddingModel>,
+    /// Every prototype's vectors, one row each (`dim` values): one pass of dot products per text.
+    matrix: Vec<f32>,
+    rows: usize,
     prototypes: Vec<Option<Prototype>>,
     min_similarity: Vec<f32>,
 }
@@ -71,6 +74,7 @@ impl Semantic {
         let dim = model.dim();
         let mut problems = Vec::new();
         let mut prototypes = Vec::with_capacity(categories.len());
+        let mut matrix: Vec<f32> = Vec::new();
         for (c, texts) in categories.iter().enumerate() {
             let mut points = Vec::new();
             let mut examples = vec![0.0f32; dim];
@@ -106,13 +110,23 @@ impl Semantic {
                 }
                 (one, other) => one.or(other),
             };
-            prototypes.push(center.map(|center| Prototype { center, points }));
+            prototypes.push(center.map(|center| {
+                let first = matrix.len() / dim;
+                matrix.extend_from_slice(&center);
+                matrix.extend_from_slice(&points);
+                Prototype {
+                    center: first,
+                    points: first + 1..matrix.len() / dim,
+                }
+            }));
         }
         if !problems.is_empty() {
             return Err(problems);
         }
         Ok(Semantic {
+            rows: matrix.len() / dim,
             model,
+            matrix,
             prototypes,
             min_similarity: categories.iter().map(|c| c.min_similarity).collect(),
         })
@@ -121,14 +135,21 @@ impl Semantic {
     /// Each category's similarity to `text` (`None` for a category without a prototype, and for
     /// every category when the text has no embedding).
     pub fn similarities(&self, text: &str) -> Vec<Option<f32>> {
-        match self.model.embed(text) {
-            Some(q) => self
-                .prototypes
-                .iter()
-                .map(|p| p.as_ref().map(|p| similarity(&q, p)))
-                .collect(),
-            None => vec![None; self.prototypes.len()],
-        }
+        let Some(q) = self.model.embed(text) else {
+            return vec![None; self.prototypes.len()];
+        };
+        let mut cosines = Vec::with_capacity(self.rows);
+        dots(&q, &self.matrix, &mut cosines);
+        self.prototypes
+            .iter()
+            .map(|p| {
+                let p = p.as_ref()?;
+                Some(similarity(
+                    *cosines.get(p.center)?,
+                    cosines.get(p.points.clone())?,
+                ))
+            })
+            .collect()
     }
 
     /// The similarity at which category `index` becomes eligible.
@@ -152,15 +173,14 @@ impl Semantic {
     }
 }
 
-fn similarity(q: &[f32], p: &Prototype) -> f32 {
-    let center = dot(q, &p.center);
-    if p.points.is_empty() {
+/// The similarity from the cosine to the center and the cosines to every point.
+fn similarity(center: f32, points: &[f32]) -> f32 {
+    if points.is_empty() {
         return center;
     }
+    // The NEAREST_POINTS highest cosines, sorted high to low.
     let mut best = [f32::NEG_INFINITY; NEAREST_POINTS];
-    for point in p.points.chunks_exact(q.len()) {
-        let s = dot(q, point);
-        // Keep the NEAREST_POINTS highest, sorted high to low.
+    for &s in points {
         if s > best[NEAREST_POINTS - 1] {
             let mut i = NEAREST_POINTS - 1;
             while i > 0 && best[i - 1] < s {

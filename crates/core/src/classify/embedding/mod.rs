@@ -28,7 +28,7 @@ use tokenizers::Tokenizer;
 pub use files::Layout;
 use files::ModelFiles;
 use table::{Storage, VectorTable};
-pub(crate) use table::{dot, normalize};
+pub(crate) use table::{dots, normalize};
 use tokens::{Chunking, TokenEncoder, TokenizerFacts};
 
 /// Only this many bytes of a text are embedded (at most a few hundred µs for a text never seen
