@@ -27,6 +27,9 @@ responses-router-core, reading a routing YAML written for each run):
                   MiniLM vectors, general as one more category from its examples when it has any;
                   for reference: what a transformer gains with the same recipe, at its cost
 
+Also: how many of the off-topic chat prompts of offtopic.yaml (outside all seven categories) the
+router's `combined` configuration (handwritten examples) sends to the default model.
+
 Writes bench/results/classify_eval.md and .json.
 """
 
@@ -244,6 +247,13 @@ def main() -> None:
             runs["MiniLM, router's scoring"].append(scores(truth, predicted))
         results["protocols"][name] = {m: mean_scores(r) for m, r in runs.items()}
 
+    # Off-topic chat prompts: the threshold's other job.
+    offtopic = yaml.safe_load((HERE / "offtopic.yaml").read_text())["prompts"]
+    rows = run_router(args.classify_bin, routing_yaml(categories, handwritten[0][0], True, args.model_dir),
+                      offtopic)
+    results["offtopic_to_default"] = sum(r["category"] is None for r in rows) / len(rows)
+    results["offtopic_count"] = len(rows)
+
     first = sorted(t for t, _ in router_times)
     warm = sorted(w for _, w in router_times)
     pct = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))]  # noqa: E731
@@ -287,6 +297,9 @@ def markdown(results: dict) -> str:
                f"median warm (p95 {t['router_warm_us_p95']:.1f}), {t['router_first_us_median']:.1f} µs median "
                f"at first sight (p95 {t['router_first_us_p95']:.1f}); MiniLM {t['minilm_ms_median']:.1f} ms "
                f"median (mean {t['minilm_ms_mean']:.1f}, p95 {t['minilm_ms_p95']:.1f}).")
+    out.append(f"Off-topic chat prompts (offtopic.yaml) sent to the default model by `combined` (handwritten "
+               f"examples, min_similarity 0.15): {results['offtopic_to_default'] * results['offtopic_count']:.0f} "
+               f"of {results['offtopic_count']}.")
     out.append(f"MiniLM self-check: cos(\"A man is eating food.\", \"A man is eating a piece of bread.\") = "
                f"{results['minilm_self_check']:.4f} (sentence-transformers: 0.755).")
     return "\n".join(out) + "\n"
