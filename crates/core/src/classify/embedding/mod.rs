@@ -31,9 +31,10 @@ use table::{Storage, VectorTable};
 pub(crate) use table::{dots, normalize};
 use tokens::{Chunking, TokenEncoder, TokenizerFacts};
 
-/// Only this many bytes of a text are embedded (at most a few hundred µs for a text never seen
-/// before; the latest user turn that is classified is usually far shorter).
-pub const MAX_EMBED_BYTES: usize = 8 * 1024;
+/// Only this many bytes of a text are embedded: a prompt's topic shows in its first few KiB, and
+/// this bounds the cost of a hostile text (4 KiB of words never seen before, each a tokenizer
+/// pass, about 1 ms here; the usual latest user turn is far shorter, and its words cached).
+pub const MAX_EMBED_BYTES: usize = 4 * 1024;
 
 /// Why a model directory cannot be used. Each names the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -240,8 +241,13 @@ fn capped(text: &str) -> &str {
         end -= 1;
     }
     let head = &text[..end];
-    match head[head.len().saturating_sub(64)..].rfind(char::is_whitespace) {
-        Some(i) => &head[..head.len().saturating_sub(64) + i],
+    let last_space = head
+        .char_indices()
+        .rev()
+        .take_while(|&(i, _)| i + 64 >= end)
+        .find(|&(_, c)| c.is_whitespace());
+    match last_space {
+        Some((i, _)) => &head[..i],
         None => head,
     }
 }
@@ -599,8 +605,28 @@ pub(crate) mod tests {
             "{}",
             cut.len()
         );
-        let no_space = "é".repeat(MAX_EMBED_BYTES);
-        assert!(capped(&no_space).len() <= MAX_EMBED_BYTES);
         assert_eq!(capped("short"), "short");
+        // Multi-byte characters at every alignment, with and without spaces.
+        for offset in 0..4 {
+            for unit in ["é", "京", "🎉", "京 ", "a京"] {
+                let text = format!("{}{}", "x".repeat(offset), unit.repeat(MAX_EMBED_BYTES));
+                let cut = capped(&text);
+                assert!(cut.len() <= MAX_EMBED_BYTES && text.starts_with(cut));
+                assert!(cut.len() + 64 + 4 >= MAX_EMBED_BYTES, "{}", cut.len());
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_cut_is_a_prefix_within_the_limit(
+            text in "(\\PC|\\s){0,64}",
+            repeat in 1usize..400,
+        ) {
+            let long = text.repeat(repeat);
+            let cut = capped(&long);
+            proptest::prop_assert!(cut.len() <= MAX_EMBED_BYTES);
+            proptest::prop_assert!(long.starts_with(cut));
+        }
     }
 }
