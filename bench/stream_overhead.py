@@ -31,8 +31,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stack import (  # noqa: E402
-    CARGO_PACKAGES, ROOT, SHIPPED_PORTS, Proc, bare_config, free_ports, http_status, render_envoy, start_simulator,
-    tcp_open,
+    CARGO_PACKAGES, ROOT, SHIPPED_PORTS, Proc, bare_config, ensure_models, free_ports, http_status, render_envoy,
+    start_simulator, tcp_open,
 )
 
 
@@ -82,6 +82,7 @@ def main() -> None:
     try:
         procs.append(start_simulator(binary, "sim", sim_port, "code-model", work,
                                      ["--chunk-delay-ms", str(args.delay_ms), "--stream-chunks", str(args.chunks)]))
+        ensure_models()  # the routing YAML names an embedding model
         procs.append(Proc("router", [binary, "serve", "--config", str(ROOT / "deploy" / "routing.yaml"),
                                      "--listen", f"127.0.0.1:{router_port}"], work / "router.log"))
         for name, text in (("bare", bare_config(shipped, "code")), ("router", shipped)):

@@ -128,6 +128,9 @@ fn decision_message(d: Decision, explanation: Explanation, generation: u64) -> p
             .map(|s| pb::CategoryScore {
                 category: s.category,
                 score: s.score,
+                similarity: s.similarity,
+                min_similarity: s.min_similarity,
+                combined: s.combined,
             })
             .collect(),
         body_rewritten: d.body.is_some(),

@@ -25,10 +25,23 @@ struct Printed<'a> {
     scores: Vec<PrintedScore<'a>>,
 }
 
+/// One category: its rule points and, with an embedding model, its similarity, the similarity it
+/// needs to be eligible, and the combined score the eligible categories are ranked by (rounded
+/// to 4 decimals).
 #[derive(Serialize)]
 struct PrintedScore<'a> {
     category: &'a str,
     score: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    similarity: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min_similarity: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    combined: Option<f64>,
+}
+
+fn rounded(value: Option<f32>) -> Option<f64> {
+    value.map(|v| (f64::from(v) * 1e4).round() / 1e4)
 }
 
 /// What the router would do with one request.
@@ -76,6 +89,9 @@ pub fn to_json(decision: &Decision, explanation: &Explanation) -> String {
             .map(|s| PrintedScore {
                 category: &s.category,
                 score: s.score,
+                similarity: rounded(s.similarity),
+                min_similarity: rounded(s.min_similarity),
+                combined: rounded(s.combined),
             })
             .collect(),
     };

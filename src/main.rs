@@ -250,6 +250,13 @@ fn run(command: Command) -> Result<(), Failure> {
                 count(table.all_candidates().len(), "cluster", "clusters"),
                 count(table.category_names().count(), "category", "categories")
             );
+            if let Some(model) = table.embedding_model() {
+                println!(
+                    "  embedding model: {} ({})",
+                    model.describe(),
+                    model.dir().display()
+                );
+            }
             Ok(())
         }
         Command::Explain {

@@ -60,6 +60,13 @@ impl Reloader {
     /// A reloader for the table `shared` was built from `path`.
     pub fn new(path: &Path, shared: SharedTable, metrics: Arc<Metrics>) -> Self {
         metrics.config_loaded(shared.current_with_generation().0, true);
+        if let Some(model) = shared.current().embedding_model() {
+            tracing::info!(
+                dir = %model.dir().display(),
+                "embedding model loaded: {}",
+                model.describe()
+            );
+        }
         Reloader {
             stamp: stamp(path),
             path: path.to_owned(),
@@ -68,11 +75,13 @@ impl Reloader {
         }
     }
 
-    /// Loads the file now; returns the generation in force afterwards.
+    /// Loads the file now; returns the generation in force afterwards. The embedding model of the
+    /// table in force is kept when the new file names the same, unchanged model files (the
+    /// examples are embedded again either way).
     pub fn reload(&mut self) -> u64 {
         self.stamp = stamp(&self.path);
-        let in_force = self.shared.current().settings().clone();
-        match config::reload(&self.path, &in_force) {
+        let in_force = self.shared.current();
+        match config::reload_reusing(&self.path, &in_force) {
             Ok(reloaded) => {
                 if !reloaded.needs_restart.is_empty() {
                     tracing::warn!(
@@ -80,9 +89,17 @@ impl Reloader {
                         "these settings take effect only after a restart"
                     );
                 }
+                let model = reloaded.table.embedding_model().map(|m| m.describe());
+                let model_kept = reloaded.table.reused_model();
                 let generation = self.shared.replace(reloaded.table);
                 self.metrics.config_loaded(generation, true);
-                tracing::info!(generation, path = %self.path.display(), "routing config reloaded");
+                tracing::info!(
+                    generation,
+                    path = %self.path.display(),
+                    embedding_model = model.as_deref().unwrap_or("none"),
+                    model_kept,
+                    "routing config reloaded"
+                );
                 generation
             }
             Err(e) => {
@@ -144,7 +161,12 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 }
 
 #[cfg(test)]
+#[path = "../crates/core/benches/support/models.rs"]
+mod models;
+
+#[cfg(test)]
 mod tests {
+    use super::models;
     use super::*;
 
     const V1: &str = "default_model: a\nmodels: [{ name: a, clusters: [{ name: c1 }] }]\n";
@@ -189,5 +211,31 @@ mod tests {
             text.contains("responses_router_config_last_reload_ok 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_reload_keeps_the_embedding_model_while_its_files_are_unchanged() {
+        let model = models::model_dir(models::WORDLLAMA);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routing.yaml");
+        let yaml = |example: &str| {
+            format!(
+                "{V1}classification: {{ embedding: {{ model_dir: \"{}\" }} }}\n\
+                 categories: [{{ name: k, model: a, examples: [\"{example}\"] }}]\n",
+                model.display()
+            )
+        };
+        std::fs::write(&path, yaml("write a poem")).unwrap();
+        let shared = SharedTable::new(config::load(&path).unwrap().table);
+        let mut reloader = Reloader::new(&path, shared.clone(), Arc::new(Metrics::default()));
+        let first = shared.current();
+        std::fs::write(&path, yaml("fix my code")).unwrap();
+        assert_eq!(reloader.reload(), 2);
+        let second = shared.current();
+        assert!(second.reused_model());
+        assert!(Arc::ptr_eq(
+            first.embedding_model().unwrap(),
+            second.embedding_model().unwrap()
+        ));
     }
 }

@@ -31,8 +31,14 @@ fn validate_accepts_the_shipped_config() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("ok (3 models, 3 clusters, 2 categories)")
+        stdout.contains("ok (3 models, 3 clusters, 2 categories)\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  embedding model: wordllama model, 32000 tokens x 256 dims, F16"),
+        "{stdout}"
     );
 }
 
@@ -96,6 +102,84 @@ fn explain_prints_the_decision_from_stdin() {
     assert_eq!(decision["category"], "coding");
     assert_eq!(decision["text"], "refactor this rust code");
     assert_eq!(decision["scores"][0]["score"], 3);
+    // With the shipped embedding model: each category's similarity, threshold and combined score.
+    let coding = &decision["scores"][0];
+    let similarity = coding["similarity"].as_f64().expect("a similarity");
+    assert_eq!(coding["min_similarity"], 0.15);
+    let combined = coding["combined"].as_f64().expect("a combined score");
+    assert!((combined - (similarity + 0.1)).abs() < 2e-4, "{coding}");
+    assert!(decision["scores"][1]["similarity"].as_f64().unwrap() < similarity);
+}
+
+#[test]
+fn explain_shows_a_category_chosen_by_meaning_alone() {
+    let body =
+        br#"{"model":"auto","input":"Why is my recursive descent parser so slow on long inputs?"}"#;
+    let out = router(
+        &["explain", "--config", SHIPPED, "--path", "/v1/responses"],
+        body,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let decision: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON decision");
+    assert_eq!(decision["model"], "code-model");
+    assert_eq!(decision["category"], "coding");
+    for category in decision["scores"].as_array().unwrap() {
+        assert_eq!(category["score"], 0, "no keyword or pattern: {category}");
+    }
+    assert!(decision["scores"][0]["similarity"].as_f64().unwrap() >= 0.15);
+}
+
+#[test]
+fn a_rules_only_config_explains_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yaml");
+    std::fs::write(
+        &path,
+        "default_model: m\nmodels: [{ name: m, clusters: [{ name: c }] }]\n\
+         categories: [{ name: k, model: m, keywords: [x] }]\n",
+    )
+    .unwrap();
+    let out = router(
+        &[
+            "explain",
+            "--config",
+            path.to_str().unwrap(),
+            "--path",
+            "/v1/responses",
+        ],
+        br#"{"model":"auto","input":"x"}"#,
+    );
+    let decision: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON decision");
+    assert_eq!(
+        decision["scores"],
+        serde_json::json!([{"category": "k", "score": 1}])
+    );
+}
+
+#[test]
+fn validate_names_a_missing_model_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "default_model: m\nmodels: [{ name: m, clusters: [{ name: c }] }]\n\
+         classification: { embedding: { model_dir: no-such-model } }\n\
+         categories: [{ name: k, model: m, examples: [\"an example\"] }]\n",
+    )
+    .unwrap();
+    let out = router(&["validate", "--config", path.to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Relative to the routing YAML's own directory.
+    let expected = format!(
+        "classification.embedding.model_dir: {}: No such file",
+        dir.path().join("no-such-model").display()
+    );
+    assert!(err.contains(&expected), "missing {expected:?} in {err}");
 }
 
 #[test]

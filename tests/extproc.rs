@@ -2,6 +2,8 @@
 //! header and body mutations, mode overrides and error replies.
 
 mod common;
+#[path = "../crates/core/benches/support/models.rs"]
+mod models;
 
 use std::sync::Arc;
 
@@ -1104,6 +1106,45 @@ async fn the_explain_api_gives_the_decision_the_service_makes() {
     assert_eq!(config.generation, 1);
     assert_eq!(config.clusters, ["general-a", "general-b"]);
     assert_eq!(config.default_model, "general-model");
+}
+
+#[tokio::test]
+async fn the_explain_api_shows_each_categorys_similarity() {
+    use responses_router::api::pb::{
+        self, explain_response::Outcome, router_admin_client::RouterAdminClient,
+    };
+    let dir = models::model_dir(models::WORDLLAMA);
+    let yaml = format!(
+        "{ROUTING_YAML}    examples: [\"Why does this loop never terminate?\"]\n\
+         classification:\n  embedding: {{ model_dir: \"{}\", min_similarity: 0.2 }}\n",
+        dir.display()
+    );
+    let router = start_with(&yaml, Arc::new(responses_router_core::affinity::NoStore)).await;
+    let mut api = RouterAdminClient::connect(format!("http://{}", router.addr))
+        .await
+        .unwrap();
+    let explain = |text: &str| pb::ExplainRequest {
+        method: "POST".into(),
+        path: "/v1/responses".into(),
+        body: serde_json::json!({"model": "auto", "input": text})
+            .to_string()
+            .into_bytes(),
+        ..Default::default()
+    };
+    let explained = api
+        .explain(explain("My recursive function never returns, why?"))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(Outcome::Decision(d)) = explained.outcome else {
+        panic!("{explained:?}")
+    };
+    let coding = &d.scores[0];
+    assert_eq!((d.category.as_str(), coding.score), ("coding", 0));
+    let similarity = coding.similarity.expect("a similarity");
+    assert!(similarity >= 0.2, "{coding:?}");
+    assert_eq!(coding.min_similarity, Some(0.2));
+    assert_eq!(coding.combined, Some(similarity));
 }
 
 #[tokio::test]

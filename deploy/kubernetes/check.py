@@ -61,12 +61,20 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Comple
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
 
 
+# The router image carries the embedding models under IMAGE_MODELS (Dockerfile, stage `models`);
+# this machine has the same files in .cache/models (scripts/models), where the check reads them.
+IMAGE_MODELS = "/usr/share/responses-router/models/"
+LOCAL_MODELS = HERE.parents[1] / ".cache" / "models"
+
+
 def container_env(container: dict) -> dict[str, str]:
     """This process's environment without RESPONSES_ROUTER_* variables, plus the container's
-    literal `env` values (those from Secrets or fields cannot be known here)."""
+    literal `env` values (those from Secrets or fields cannot be known here), with model paths
+    inside the image mapped to this machine's copies."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESPONSES_ROUTER")}
     env.update({e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e})
-    return env
+    return {k: str(LOCAL_MODELS / v[len(IMAGE_MODELS):]) if v.startswith(IMAGE_MODELS) else v
+            for k, v in env.items()}
 
 
 def indent(result: subprocess.CompletedProcess[str], last: int = 30) -> str:

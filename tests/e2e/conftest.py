@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import CODE_CHUNK_DELAY_MS, CODE_STREAM_CHUNKS  # noqa: E402
 from procs import (  # noqa: E402
     CARGO_PACKAGES, ROOT, ROUTING_YAML, SHIPPED_PORTS, SIMULATORS, STARTUP_TIMEOUT, Proc, StartupError,
-    cargo_target_dir, enabled_forms, free_ports, gateway_env, http_status, render_gateway, simulator_argv,
-    simulator_binary, tcp_open,
+    cargo_target_dir, enabled_forms, ensure_models, free_ports, gateway_env, http_status, render_gateway,
+    simulator_argv, simulator_binary, tcp_open,
 )
 
 BUILD_TIMEOUT = 1500.0
@@ -70,6 +70,8 @@ class Stack:
 @functools.cache
 def _router_binary() -> Path:
     """The router binary (built once per session unless RESPONSES_ROUTER_BIN names one)."""
+    # Every router the suite starts reads deploy/routing.yaml, which names an embedding model.
+    ensure_models()
     explicit = os.environ.get("RESPONSES_ROUTER_BIN")
     if explicit:
         return Path(explicit)

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -32,8 +31,8 @@ import openai
 
 from helpers import CONVERSATION_PROMPTS as PROMPTS, SIMULATOR_OUTPUT as OUTPUT
 from procs import (
-    ROUTING_YAML, SIMULATORS, STARTUP_TIMEOUT, Proc, free_ports, gateway_env, http_status, render_gateway,
-    simulator_argv, simulator_binary, tcp_open,
+    ROUTING_YAML, SIMULATORS, STARTUP_TIMEOUT, Proc, ensure_models, free_ports, gateway_env, http_status,
+    render_gateway, simulator_argv, simulator_binary, tcp_open,
 )
 
 CLUSTER_SH = Path(__file__).resolve().parents[1] / "support" / "redis" / "cluster.sh"
@@ -55,6 +54,7 @@ class Fleet:
         if form == "module" and routing_yaml != ROUTING_YAML:
             raise ValueError("the module form reads the shipped routing YAML (deploy/envoy-module.yaml)")
         self.form = form
+        ensure_models()  # the routing YAML names an embedding model
         self.workdir = workdir
         self.router_bin = router_bin
         self.envoy_bin = envoy_bin

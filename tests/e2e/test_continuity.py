@@ -9,7 +9,6 @@ switched off must fail some turns, or this test could not tell the difference.
 
 from __future__ import annotations
 
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass

@@ -134,7 +134,7 @@ def test_ext_proc_protocol_health(stack, client, raw):
         return after.get(key, 0) - before.get(key, 0)
 
     assert delta("streams_started") == 5
-    assert delta("immediate_responses_sent") == 2  # the malformed body, and the model list
+    assert delta("immediate_responses_sent") == 2  # the model list (answered by the router), the malformed body
     for problem in ("spurious_msgs_received", "rejected_header_mutations", "message_timeouts",
                     "failure_mode_allowed", "clear_route_cache_ignored", "streams_failed", "server_half_closed"):
         assert delta(problem) == 0, problem
@@ -143,7 +143,8 @@ def test_ext_proc_protocol_health(stack, client, raw):
 @pytest.mark.forms("ext_proc")
 def test_only_streams_that_create_state_reach_the_observer(stack, client):
     """The observer filter (a second gRPC stream per request) runs for `stream: true` Responses
-    requests only; JSON answers, chat streams and pass-through requests skip it."""
+    requests only; JSON answers, chat streams and pass-through requests skip it. (GET /v1/models,
+    which the router answers itself, is not a pass-through request any more.)"""
     before = envoy_stats(stack)
     client.responses.create(model="auto", input=CODING_PROMPT)
     # A pass-through request. (The model list is the router's own answer, and Envoy runs every

@@ -165,7 +165,12 @@ impl Classifier for RulesClassifier {
                 winner = Some(idx);
             }
         }
-        Classification { winner, scores }
+        Classification {
+            winner,
+            scores,
+            similarities: Vec::new(),
+            combined: Vec::new(),
+        }
     }
 }
 

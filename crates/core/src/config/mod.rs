@@ -10,10 +10,13 @@ mod schema;
 mod table;
 
 pub use schema::{
-    AffinityConfig, CategoryConfig, ClassificationConfig, ClusterConfig, ClusterRef, ModelConfig,
-    RedisConfig, RedisTlsConfig, RoutingConfig, Settings, UnknownModelPolicy,
+    AffinityConfig, CategoryConfig, ClassificationConfig, ClusterConfig, ClusterRef,
+    DEFAULT_MIN_SIMILARITY, DEFAULT_RULE_WEIGHT, EmbeddingConfig, ModelConfig, RedisConfig,
+    RedisTlsConfig, RoutingConfig, Settings, UnknownModelPolicy,
 };
 pub use table::{ConfigIssue, RoutingTable};
+
+use table::ModelContext;
 
 use std::path::Path;
 
@@ -55,30 +58,68 @@ pub struct Reloaded {
     pub needs_restart: Vec<&'static str>,
 }
 
-/// Loads, overrides from the environment, validates and compiles a routing YAML file.
+/// Loads, overrides from the environment, validates and compiles a routing YAML file (reading
+/// the embedding model it names, if any).
 pub fn load(path: &Path) -> Result<Compiled, ConfigError> {
-    compile(read(file(path))?)
+    compile(
+        read(file(path))?,
+        ModelContext {
+            base_dir: path.parent(),
+            previous: None,
+        },
+    )
 }
 
-/// Parses a routing YAML document (environment overrides included), for tests and tools.
+/// Parses a routing YAML document (environment overrides included), for tests and tools. A
+/// relative `model_dir` is relative to the working directory.
 pub fn from_yaml(yaml: &str) -> Result<Compiled, ConfigError> {
-    compile(read(config::File::from_str(
-        yaml,
-        config::FileFormat::Yaml,
-    ))?)
+    compile(
+        read(config::File::from_str(yaml, config::FileFormat::Yaml))?,
+        ModelContext::default(),
+    )
 }
 
 fn file(path: &Path) -> config::File<config::FileSourceFile, config::FileFormat> {
     config::File::from(path).format(config::FileFormat::Yaml)
 }
 
-/// Loads the routing YAML file again and compiles its routes against the settings in force.
+/// Loads the routing YAML file again and compiles its routes against the settings in force (the
+/// embedding model, if any, is read afresh; see [`reload_reusing`]).
 pub fn reload(path: &Path, in_force: &Settings) -> Result<Reloaded, ConfigError> {
+    reload_with(
+        path,
+        in_force,
+        ModelContext {
+            base_dir: path.parent(),
+            previous: None,
+        },
+    )
+}
+
+/// Like [`reload`], against the table in force: its settings, and its embedding model, which the
+/// new table shares when the file names the same model files, unchanged (same paths, inodes,
+/// sizes, modification times). The examples are embedded again either way.
+pub fn reload_reusing(path: &Path, in_force: &RoutingTable) -> Result<Reloaded, ConfigError> {
+    reload_with(
+        path,
+        in_force.settings(),
+        ModelContext {
+            base_dir: path.parent(),
+            previous: in_force.embedding_model(),
+        },
+    )
+}
+
+fn reload_with(
+    path: &Path,
+    in_force: &Settings,
+    models: ModelContext<'_>,
+) -> Result<Reloaded, ConfigError> {
     let config = read(file(path))?;
     let settings = config.settings();
     // The new file's own settings must be valid too, or the next restart would fail.
     let mut issues = settings.validate().err().unwrap_or_default();
-    match RoutingTable::compile(&config, in_force) {
+    match RoutingTable::compile(&config, in_force, models) {
         Ok(table) if issues.is_empty() => Ok(Reloaded {
             table,
             needs_restart: settings.differences(in_force),
@@ -92,9 +133,9 @@ pub fn reload(path: &Path, in_force: &Settings) -> Result<Reloaded, ConfigError>
     }
 }
 
-fn compile(config: RoutingConfig) -> Result<Compiled, ConfigError> {
+fn compile(config: RoutingConfig, models: ModelContext<'_>) -> Result<Compiled, ConfigError> {
     let settings = config.settings();
-    let table = RoutingTable::compile(&config, &settings)?;
+    let table = RoutingTable::compile(&config, &settings, models)?;
     Ok(Compiled { settings, table })
 }
 
@@ -132,7 +173,7 @@ mod tests {
             .add_source(config::File::from_str(YAML, config::FileFormat::Yaml))
             .add_source(env_overrides().source(Some(env)))
             .build()?;
-        compile(raw.try_deserialize()?)
+        compile(raw.try_deserialize()?, ModelContext::default())
     }
 
     #[test]

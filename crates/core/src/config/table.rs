@@ -1,16 +1,54 @@
 //! Validation and compilation of a routing YAML into the lookup tables the decision uses.
 //!
 //! Validating is compiling: every regex is compiled once, by the classifier that will run it, and
-//! its errors are reported with the rest. The table exposes compiled queries only (which clusters
-//! serve a model, which models a cluster serves, the classifier), never the raw config.
+//! its errors are reported with the rest; the embedding model is loaded (or, on a reload, kept
+//! when its files are unchanged) and every example embedded. The table exposes compiled queries
+//! only (which clusters serve a model, which models a cluster serves, the classifier), never the
+//! raw config.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::ConfigError;
-use super::schema::{RoutingConfig, Settings, UnknownModelPolicy};
+use super::schema::{EmbeddingConfig, RoutingConfig, Settings, UnknownModelPolicy};
 use crate::affinity::Candidate;
-use crate::classify::{RuleCategory, RulesClassifier, RulesError};
+use crate::classify::{
+    CategoryClassifier, CategoryTexts, EmbeddingModel, RuleCategory, RulesClassifier, RulesError,
+    Semantic,
+};
 use crate::openai::text::TextPolicy;
+
+/// Where a compilation finds its embedding model.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct ModelContext<'a> {
+    /// The directory a relative `model_dir` is relative to (the routing YAML's); `None`: the
+    /// working directory.
+    pub(super) base_dir: Option<&'a Path>,
+    /// The model of the table in force: kept if the config names the same, unchanged files.
+    pub(super) previous: Option<&'a Arc<EmbeddingModel>>,
+}
+
+impl ModelContext<'_> {
+    fn resolve(&self, dir: &Path) -> PathBuf {
+        match self.base_dir {
+            Some(base) if dir.is_relative() => base.join(dir),
+            _ => dir.to_owned(),
+        }
+    }
+
+    /// The model in `dir`: the previous one if its files are unchanged, else freshly loaded.
+    /// The flag says whether it was kept.
+    fn model(&self, dir: &Path) -> Result<(Arc<EmbeddingModel>, bool), String> {
+        let dir = self.resolve(dir);
+        if let Some(previous) = self.previous.filter(|m| m.unchanged(&dir)) {
+            return Ok((Arc::clone(previous), true));
+        }
+        EmbeddingModel::load(&dir)
+            .map(|m| (Arc::new(m), false))
+            .map_err(|e| e.to_string())
+    }
+}
 
 /// One problem in a routing config, naming the field as a path (`categories[1].model`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,7 +77,9 @@ pub struct RoutingTable {
     cluster_models: BTreeMap<String, Vec<String>>,
     /// Clusters whose continuations are pinned to their host too.
     pinned_clusters: HashSet<String>,
-    classifier: RulesClassifier,
+    classifier: CategoryClassifier,
+    /// Whether the embedding model was kept from the table this one replaced.
+    reused_model: bool,
     /// The model each category routes to, in category order.
     category_models: Vec<String>,
     /// Unix seconds at which the table was compiled (the `created` of the models it lists).
@@ -52,6 +92,7 @@ impl RoutingTable {
     pub(super) fn compile(
         config: &RoutingConfig,
         settings: &Settings,
+        models: ModelContext<'_>,
     ) -> Result<Self, ConfigError> {
         let mut issues = Vec::new();
         let mut issue =
@@ -145,6 +186,9 @@ impl RoutingTable {
             );
         }
 
+        let embedding = config.classification.embedding.as_ref();
+        let model = embedding.and_then(|e| check_embedding(e, models, &mut issue));
+
         let mut category_names = HashSet::new();
         let mut rules = Vec::new();
         for (i, category) in config.categories.iter().enumerate() {
@@ -166,16 +210,48 @@ impl RoutingTable {
                     ),
                 );
             }
-            if category.keywords.iter().all(|k| k.trim().is_empty()) && category.patterns.is_empty()
+            let examples = category.examples.as_deref();
+            if category.keywords.iter().all(|k| k.trim().is_empty())
+                && category.patterns.is_empty()
+                && examples.is_none_or(<[String]>::is_empty)
             {
                 issue(
                     field.clone(),
-                    "needs at least one keyword or pattern".into(),
+                    "needs at least one keyword, pattern or example".into(),
                 );
             }
             for (j, k) in category.keywords.iter().enumerate() {
                 if k.trim().is_empty() {
                     issue(format!("{field}.keywords[{j}]"), "must not be empty".into());
+                }
+            }
+            match examples {
+                Some([]) => issue(
+                    format!("{field}.examples"),
+                    "must not be empty (list example utterances, or leave the key out)".into(),
+                ),
+                Some(_) if embedding.is_none() => issue(
+                    format!("{field}.examples"),
+                    "examples need an embedding model: set classification.embedding.model_dir"
+                        .into(),
+                ),
+                Some(list) => {
+                    for (j, example) in list.iter().enumerate() {
+                        if example.trim().is_empty() {
+                            issue(format!("{field}.examples[{j}]"), "must not be empty".into());
+                        }
+                    }
+                }
+                None => {}
+            }
+            if let Some(min) = category.min_similarity {
+                if embedding.is_none() {
+                    issue(
+                        format!("{field}.min_similarity"),
+                        "needs an embedding model: set classification.embedding.model_dir".into(),
+                    );
+                } else if let Some(problem) = similarity_problem(min) {
+                    issue(format!("{field}.min_similarity"), problem);
                 }
             }
             rules.push(RuleCategory {
@@ -212,9 +288,43 @@ impl RoutingTable {
                 None
             }
         };
-        let Some(classifier) = classifier.filter(|_| issues.is_empty()) else {
+        let Some(rules) = classifier.filter(|_| issues.is_empty()) else {
             return Err(ConfigError::Invalid(issues));
         };
+        // Every example is embedded now, once per compilation (a reload recomputes them).
+        let (semantic, reused_model) = match (model, embedding) {
+            (Some((model, reused)), Some(settings)) => {
+                let texts: Vec<CategoryTexts<'_>> = config
+                    .categories
+                    .iter()
+                    .map(|c| CategoryTexts {
+                        examples: c.examples.as_deref().unwrap_or_default(),
+                        keywords: &c.keywords,
+                        min_similarity: c.min_similarity.unwrap_or(settings.min_similarity),
+                    })
+                    .collect();
+                match Semantic::build(model, &texts) {
+                    Ok(semantic) => (Some(semantic), reused),
+                    Err(problems) => {
+                        return Err(ConfigError::Invalid(
+                            problems
+                                .iter()
+                                .map(|p| ConfigIssue {
+                                    field: format!(
+                                        "categories[{}].examples[{}]",
+                                        p.category, p.example
+                                    ),
+                                    problem: "has no token the embedding model knows".into(),
+                                })
+                                .collect(),
+                        ));
+                    }
+                }
+            }
+            _ => (None, false),
+        };
+        let rule_weight = embedding.map_or(0.0, |e| e.rule_weight);
+        let classifier = CategoryClassifier::new(rules, semantic, rule_weight);
         Ok(RoutingTable {
             settings: settings.clone(),
             auto_models: config.auto_models.clone(),
@@ -234,6 +344,7 @@ impl RoutingTable {
                 .map(|c| c.name.clone())
                 .collect(),
             classifier,
+            reused_model,
             category_models: config.categories.iter().map(|c| c.model.clone()).collect(),
             compiled_at: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -309,8 +420,18 @@ impl RoutingTable {
     }
 
     /// The compiled classifier.
-    pub fn classifier(&self) -> &RulesClassifier {
+    pub fn classifier(&self) -> &CategoryClassifier {
         &self.classifier
+    }
+
+    /// The embedding model, when `classification.embedding` names one.
+    pub fn embedding_model(&self) -> Option<&Arc<EmbeddingModel>> {
+        self.classifier.model()
+    }
+
+    /// Whether this table kept the embedding model of the table it replaced (files unchanged).
+    pub fn reused_model(&self) -> bool {
+        self.reused_model
     }
 
     /// The model each category routes to, by category index.
@@ -352,6 +473,43 @@ impl RoutingTable {
     pub fn learns(&self) -> bool {
         self.settings.affinity.learn
     }
+}
+
+/// Checks `classification.embedding` and gets its model; problems go to `issue`.
+fn check_embedding(
+    embedding: &EmbeddingConfig,
+    models: ModelContext<'_>,
+    issue: &mut impl FnMut(String, String),
+) -> Option<(Arc<EmbeddingModel>, bool)> {
+    const FIELD: &str = "classification.embedding";
+    if let Some(problem) = similarity_problem(embedding.min_similarity) {
+        issue(format!("{FIELD}.min_similarity"), problem);
+    }
+    if !(embedding.rule_weight.is_finite() && embedding.rule_weight >= 0.0) {
+        issue(
+            format!("{FIELD}.rule_weight"),
+            format!(
+                "must be a number of 0 or more, not {}",
+                embedding.rule_weight
+            ),
+        );
+    }
+    if embedding.model_dir.as_os_str().is_empty() {
+        issue(format!("{FIELD}.model_dir"), "must not be empty".into());
+        return None;
+    }
+    match models.model(&embedding.model_dir) {
+        Ok(model) => Some(model),
+        Err(problem) => {
+            issue(format!("{FIELD}.model_dir"), problem);
+            None
+        }
+    }
+}
+
+/// What is wrong with a similarity threshold, if anything (a cosine: 0 to 1 is meaningful).
+fn similarity_problem(value: f32) -> Option<String> {
+    (!(0.0..=1.0).contains(&value)).then(|| format!("must be between 0 and 1, not {value}"))
 }
 
 #[cfg(test)]
@@ -432,7 +590,7 @@ categories:
             "categories[0].model: unknown model `nope`",
             "categories[1].name: duplicate category `c1`",
             "categories[1].patterns[0]: invalid regex \"(unclosed\"",
-            "categories[2]: needs at least one keyword or pattern",
+            "categories[2]: needs at least one keyword, pattern or example",
             "affinity.capacity: must be greater than 0",
             "affinity.redis_url: not a usable Redis URL",
         ] {
@@ -441,6 +599,178 @@ categories:
                 "missing {expected:?} in {found:#?}"
             );
         }
+    }
+
+    /// A model2vec directory with a 2-D word-level model: `code` points along x, `story` along y.
+    fn model_dir(dir: &std::path::Path) {
+        crate::classify::embedding::tests::tiny_model(
+            dir,
+            &["[UNK]", "code", "python", "story", "poem", "hello"],
+            &[
+                &[0.0, 0.0],
+                &[1.0, 0.0],
+                &[0.8, 0.6],
+                &[0.0, 1.0],
+                &[0.6, 0.8],
+                &[0.7, 0.7],
+            ],
+        );
+    }
+
+    const WITH_MODEL: &str = r#"
+default_model: general
+models:
+  - { name: general, clusters: [{ name: g }] }
+  - { name: coder, clusters: [{ name: c }] }
+  - { name: writer, clusters: [{ name: w }] }
+classification:
+  embedding: { model_dir: MODEL }
+categories:
+  - name: coding
+    model: coder
+    examples: ["code python", "python"]
+  - name: stories
+    model: writer
+    keywords: [story]
+    examples: ["poem story"]
+    min_similarity: 0.9
+"#;
+
+    #[test]
+    fn examples_and_keywords_become_prototypes() {
+        let dir = tempfile::tempdir().unwrap();
+        model_dir(dir.path());
+        let yaml = WITH_MODEL.replace("MODEL", dir.path().to_str().unwrap());
+        let t = from_yaml(&yaml).unwrap().table;
+        let classifier = t.classifier();
+        let semantic = classifier.semantic().expect("a model is configured");
+        assert_eq!(semantic.min_similarity(0), Some(0.15), "the default");
+        assert_eq!(semantic.min_similarity(1), Some(0.9));
+        assert_eq!(classifier.rule_weight(), 0.1);
+        use crate::classify::Classifier;
+        let r = classifier.classify("python code");
+        assert_eq!(r.winner, Some(0));
+        assert_eq!(r.scores, vec![0, 0]);
+        let r = classifier.classify("hello");
+        assert!(
+            r.similarities[1].unwrap() < 0.9 && r.winner == Some(0),
+            "{r:?}"
+        );
+        assert_eq!(classifier.classify("unknown").winner, None);
+        assert!(!t.reused_model());
+    }
+
+    #[test]
+    fn embedding_problems_are_named_with_their_field() {
+        let dir = tempfile::tempdir().unwrap();
+        model_dir(dir.path());
+        let path = dir.path().to_str().unwrap();
+        let cases = [
+            (
+                WITH_MODEL.replace(
+                    "embedding: { model_dir: MODEL }",
+                    "include_instructions: false",
+                ),
+                vec![
+                    "categories[0].examples: examples need an embedding model",
+                    "categories[1].min_similarity: needs an embedding model",
+                ],
+            ),
+            (
+                WITH_MODEL
+                    .replace("MODEL", path)
+                    .replace(r#"["code python", "python"]"#, r#"["python", " ", "zzz"]"#)
+                    .replace("min_similarity: 0.9", "min_similarity: -0.1"),
+                vec![
+                    "categories[0].examples[1]: must not be empty",
+                    "categories[1].min_similarity: must be between 0 and 1, not -0.1",
+                ],
+            ),
+            (
+                WITH_MODEL
+                    .replace("MODEL", path)
+                    .replace(r#"["code python", "python"]"#, "[]"),
+                vec!["categories[0].examples: must not be empty"],
+            ),
+            (
+                WITH_MODEL.replace(
+                    "{ model_dir: MODEL }",
+                    &format!("{{ model_dir: {path}, min_similarity: 1.5, rule_weight: -1 }}"),
+                ),
+                vec![
+                    "classification.embedding.min_similarity: must be between 0 and 1, not 1.5",
+                    "classification.embedding.rule_weight: must be a number of 0 or more",
+                ],
+            ),
+            (
+                WITH_MODEL.replace("MODEL", &format!("{path}/missing")),
+                vec![
+                    "classification.embedding.model_dir: ",
+                    "missing: No such file",
+                ],
+            ),
+            (
+                WITH_MODEL
+                    .replace("MODEL", path)
+                    .replace(r#"["code python", "python"]"#, r#"["python", "zzz"]"#),
+                vec!["categories[0].examples[1]: has no token the embedding model knows"],
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let found = issues(&yaml);
+            for e in expected {
+                assert!(
+                    found.iter().any(|f| f.contains(e)),
+                    "missing {e:?} in {found:#?}"
+                );
+            }
+        }
+        std::fs::write(dir.path().join("config.json"), r#"{"hidden_dim": 8}"#).unwrap();
+        let found = issues(&WITH_MODEL.replace("MODEL", path));
+        assert!(
+            found[0].starts_with("classification.embedding.model_dir: ")
+                && found[0].contains("dimension mismatch: hidden_dim is 8"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_reload_keeps_an_unchanged_model_and_embeds_the_examples_again() {
+        use crate::config::{load, reload_reusing};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let models = dir.path().join("models");
+        std::fs::create_dir(&models).unwrap();
+        model_dir(&models);
+        let path = dir.path().join("routing.yaml");
+        // Relative to the YAML file's directory.
+        std::fs::write(&path, WITH_MODEL.replace("MODEL", "models")).unwrap();
+        let first = load(&path).unwrap().table;
+        let model = Arc::clone(first.embedding_model().unwrap());
+        let hello = |t: &super::RoutingTable| {
+            use crate::classify::Classifier;
+            t.classifier().classify("hello").similarities[0]
+        };
+
+        std::fs::write(
+            &path,
+            WITH_MODEL
+                .replace("MODEL", "models")
+                .replace(r#"["code python", "python"]"#, r#"["code"]"#),
+        )
+        .unwrap();
+        let second = reload_reusing(&path, &first).unwrap().table;
+        assert!(second.reused_model());
+        assert!(Arc::ptr_eq(&model, second.embedding_model().unwrap()));
+        assert_ne!(hello(&first), hello(&second), "new examples, new prototype");
+
+        // The model's files change: it is read again.
+        model_dir(&models);
+        std::fs::write(models.join("config.json"), "{}").unwrap();
+        let third = reload_reusing(&path, &second).unwrap().table;
+        assert!(!third.reused_model());
+        assert!(!Arc::ptr_eq(&model, third.embedding_model().unwrap()));
+        assert_eq!(hello(&third), hello(&second));
     }
 
     #[test]

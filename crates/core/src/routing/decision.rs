@@ -223,5 +223,14 @@ pub struct Explanation {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CategoryScore {
     pub category: String,
+    /// Rule points (keywords and patterns).
     pub score: u32,
+    /// With an embedding model: the similarity by meaning (`None` when the category has no
+    /// prototype or the text no embedding).
+    pub similarity: Option<f32>,
+    /// With an embedding model: the similarity at which the category becomes eligible.
+    pub min_similarity: Option<f32>,
+    /// With an embedding model: similarity + rule weight x normalised rule points, what the
+    /// eligible categories are ranked by.
+    pub combined: Option<f32>,
 }

@@ -328,13 +328,18 @@ fn choose_model(
             })
         });
         if let Some(explanation) = explanation {
+            let semantic = classifier.semantic();
             explanation.scores = classifier
                 .categories()
                 .iter()
+                .enumerate()
                 .zip(&result.scores)
-                .map(|(c, &score)| CategoryScore {
+                .map(|((i, c), &score)| CategoryScore {
                     category: c.name.clone(),
                     score,
+                    similarity: result.similarities.get(i).copied().flatten(),
+                    min_similarity: semantic.and_then(|s| s.min_similarity(i)),
+                    combined: result.combined.get(i).copied(),
                 })
                 .collect();
             explanation.text = Some(text);
@@ -508,7 +513,10 @@ categories:
             explanation.scores[0],
             CategoryScore {
                 category: "coding".into(),
-                score: 1
+                score: 1,
+                similarity: None,
+                min_similarity: None,
+                combined: None,
             }
         );
         assert_eq!(explanation.text.as_deref(), Some("write python"));
