@@ -1,6 +1,7 @@
 """Checks what `kubectl kustomize` renders for each kustomization (run by scripts/k8s-check).
 
-    python check.py --kubectl K --envoy E --router R --simulator S [--k8s-version V]... DIR...
+    python check.py --kubectl K --envoy E --router R --simulator S --module-dir M
+                    [--k8s-version V]... [--self-contained DIR]... DIR...
 
 For every DIR (a kustomization, relative to deploy/kubernetes/):
   1. `kubectl kustomize DIR` renders;
@@ -13,12 +14,27 @@ For every DIR (a kustomization, relative to deploy/kubernetes/):
      URL), and every flag the Deployments give the router (`serve`) and the simulator image
      (`responses-router-simulator`) is one that binary has;
   5. the objects fit together: what the schemas cannot see. Every pod runs under the restricted
-     Pod Security Standard with requests, limits and probes on every container; ConfigMap volumes,
-     Service selectors and ports, the HPA's target and the PDB's selector all point at something
-     rendered; every cluster the routing config names is one of Envoy's model-server clusters, and
-     a `pin_host` cluster whose Service is in the output is headless; the router serves ext_proc
-     only on the Unix socket Envoy's router cluster names, in an emptyDir volume both containers
-     mount, and kubelet's gRPC probes go to its health-only port.
+     Pod Security Standard with requests, limits and probes on every container, and mounts every
+     volume it declares; ConfigMap volumes, Service selectors and ports, the HPA's target and the
+     PDB's selector all point at something rendered; Envoy's container ports and probes are
+     listeners of its config; every cluster the routing config names is one of Envoy's
+     model-server clusters, and a `pin_host` cluster whose Service is in the output is headless;
+     the container holding the affinity store requests the memory `affinity.capacity` needs
+     (about 104 bytes per id).
+
+The router's form is read from each gateway's Envoy config:
+  - the ext_proc sidecar (base, dev, production): the router serves ext_proc only on the Unix
+    socket Envoy's router cluster names, in an emptyDir volume both containers mount, and
+    kubelet's gRPC probes go to its health-only port;
+  - the router inside Envoy (a dynamic-module filter: overlays/module): no router container, no
+    ext_proc filter, no router cluster and no socket mount in the pod; Envoy runs the module
+    image; the filter's `routing_yaml` is a file of a ConfigMap mounted into Envoy, and steps 3
+    and 4 run on that file with Envoy's environment, step 3 loading the real module from
+    --module-dir (in-image paths, the routing file's and the embedding model's, mapped to this
+    machine's copies); and the Dockerfile's module stage (never built here) puts the module on
+    ENVOY_DYNAMIC_MODULES_SEARCH_PATH and the model where Envoy's environment names it, on the
+    Envoy release the sidecar gateway runs, whose minor version (the module's ABI is built for
+    one) is that of the Envoy these checks run.
 
 Needs PyYAML and kubernetes-validate (both in the project's .venv). Prints one line per
 kustomization, or every problem found, and exits 1 on any problem.
@@ -38,10 +54,27 @@ from pathlib import Path
 import kubernetes_validate
 import yaml
 
+from render import ROUTER_CLUSTER, ROUTER_SOCKET  # deploy/kubernetes/render.py
+
 HERE = Path(__file__).resolve().parent
 ENVOY_CONTAINER = "envoy"
 ROUTER_CONTAINER = "router"
+ROUTER_IMAGE = "responses-router"
 SIMULATOR_IMAGE = "responses-router-simulator"
+# The router inside Envoy: Envoy's image with the module (the Dockerfile's MODULE_STAGE), the
+# filter that loads it, and the module's name (Envoy loads lib<name>.so from
+# ENVOY_DYNAMIC_MODULES_SEARCH_PATH).
+MODULE_IMAGE = "responses-router-envoy"
+MODULE_STAGE = "envoy-module"
+MODULE_NAME = "responses_router_envoy"
+MODULE_FILTER = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+EXT_PROC_FILTER = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+UPSTREAM_ENVOY_IMAGE = "envoyproxy/envoy"
+DOCKERFILE = HERE.parents[1] / "Dockerfile"
+# The affinity store's resident memory per id (README.md, "The store": measured at 1 million ids),
+# and `affinity.capacity` when the routing config leaves it out (crates/core's default).
+STORE_BYTES_PER_ID = 104
+DEFAULT_CAPACITY = 1_000_000
 
 
 def image_name(container: dict) -> str:
@@ -175,10 +208,23 @@ def check_references(objects: list[dict], p: Problems) -> None:
     templates = pod_templates(objects)
 
     for workload, template in templates:
+        mounted = {m["name"] for c in all_containers(template["spec"]) for m in c.get("volumeMounts", [])}
         for volume in template["spec"].get("volumes", []):
             ref = volume.get("configMap", {}).get("name")
             if ref and ref not in by_kind.get("ConfigMap", {}):
                 p.add(f"{kind_name(workload)}: volume {volume['name']} names a missing ConfigMap {ref}")
+            # A volume left behind by a removed container.
+            if volume["name"] not in mounted:
+                p.add(f"{kind_name(workload)}: volume {volume['name']} is mounted by no container")
+        # A mount whose volume was removed (the API server would refuse the pod). A StatefulSet's
+        # volumeClaimTemplates are volumes of its pods too.
+        declared = {v["name"] for v in template["spec"].get("volumes", [])} | {
+            claim["metadata"]["name"] for claim in workload["spec"].get("volumeClaimTemplates", [])}
+        for c in all_containers(template["spec"]):
+            for m in c.get("volumeMounts", []):
+                if m["name"] not in declared:
+                    p.add(f"{kind_name(workload)} container {c['name']}: mounts volume {m['name']}, which the pod "
+                          "does not declare")
 
     for svc in by_kind.get("Service", {}).values():
         selector = svc["spec"].get("selector", {})
@@ -253,9 +299,10 @@ def mounted_config(template, container, objects, flag, where, local: Path, p):
     return path, text
 
 
-def check_programs(objects: list[dict], envoy: str, router: str, simulator: str, workdir: Path,
-                   p: Problems) -> int:
-    """Runs envoy --mode validate and responses-router validate on the configs the pods get."""
+def check_programs(objects: list[dict], opts: argparse.Namespace, workdir: Path, p: Problems) -> list[str]:
+    """Runs envoy --mode validate and responses-router validate on the configs the pods get; the
+    form of each gateway's router ("sidecar" or "module"), for every Envoy container found."""
+    envoy, router, simulator = opts.envoy, opts.router, opts.simulator
     help_cache: dict[tuple[str, ...], set[str]] = {}
 
     def known_flags(*argv: str) -> set[str]:
@@ -268,18 +315,26 @@ def check_programs(objects: list[dict], envoy: str, router: str, simulator: str,
             if flag not in known:
                 p.add(f"{where} container {container['name']}: `{program}` has no flag {flag}")
 
-    gateways = 0
+    forms = []
     for workload, template in pod_templates(objects):
         where = kind_name(workload)
         for c in all_containers(template["spec"]):
             args = [str(a) for a in c.get("args", [])]
             if c["name"] == ENVOY_CONTAINER:
-                gateways += 1
                 local = workdir / f"{workload['metadata']['name']}-envoy.yaml"
                 found = mounted_config(template, c, objects, "--config-path", where, local, p)
                 if found is None:
+                    forms.append("unknown")
                     continue
                 path, text = found
+                config = yaml.safe_load(text)
+                check_envoy_ports(where, c, config, p)
+                modules = [f for f in typed_configs(config) if f.get("@type") == MODULE_FILTER]
+                if modules:
+                    forms.append("module")
+                    check_module_gateway(workload, template, c, objects, text, config, modules, opts, workdir, p)
+                    continue
+                forms.append("sidecar")
                 argv = [envoy, "--mode", "validate"] + [str(local) if a == path else a for a in args]
                 result = run(argv)
                 if result.returncode != 0:
@@ -299,11 +354,47 @@ def check_programs(objects: list[dict], envoy: str, router: str, simulator: str,
                 result = run([router, "validate", "--offline", "--config", str(local)], container_env(c))
                 if result.returncode != 0:
                     p.add(f"{where}: responses-router validate failed:\n{indent(result)}")
-    return gateways
+    return forms
+
+
+def typed_configs(node):
+    """Every object with an "@type" in an Envoy config, nested ones (a filter wrapped in a
+    matcher) included."""
+    if isinstance(node, dict):
+        if "@type" in node:
+            yield node
+        for value in node.values():
+            yield from typed_configs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from typed_configs(value)
+
+
+def check_envoy_ports(where: str, container: dict, config: dict, p: Problems) -> None:
+    """Every port the Envoy container declares (the Service's, the probes') is a listener of its
+    config on all pod addresses, and every probe dials one of those ports."""
+    listening = {
+        int(sock["port_value"])
+        for listener in config.get("static_resources", {}).get("listeners", [])
+        for sock in [listener.get("address", {}).get("socket_address", {})]
+        if sock.get("address") in {"0.0.0.0", "::"} and "port_value" in sock
+    }
+    ports = {port.get("name"): port["containerPort"] for port in container.get("ports", [])}
+    for name, number in ports.items():
+        if number not in listening:
+            p.add(f"{where} container envoy: port {name} ({number}) is no listener of Envoy's config on "
+                  f"all pod addresses (those are {sorted(listening)})")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        target = container.get(probe, {}).get("httpGet", {}).get("port")
+        if target is None:
+            continue
+        number = ports.get(target) if isinstance(target, str) else target
+        if number not in listening:
+            p.add(f"{where} container envoy: the {probe} dials port {target}, no listener of Envoy's config")
 
 
 def check_clusters(workload: dict, template: dict, objects: list[dict], envoy_text: str, p: Problems) -> None:
-    """Every cluster the routing config names is an Envoy cluster; pinned clusters are headless."""
+    """The sidecar form: the router's routing config against Envoy's clusters, and its memory."""
     router = next((c for c in all_containers(template["spec"]) if c["name"] == ROUTER_CONTAINER), None)
     if router is None:
         p.add(f"{kind_name(workload)}: no `{ROUTER_CONTAINER}` container next to envoy")
@@ -314,6 +405,13 @@ def check_clusters(workload: dict, template: dict, objects: list[dict], envoy_te
     routing_text = config_file(template, router, objects, args[args.index("--config") + 1])
     if routing_text is None:
         return  # reported by check_programs
+    check_routing_clusters(workload, objects, routing_text, envoy_text, p)
+    check_store_memory(kind_name(workload), router, routing_text, p)
+
+
+def check_routing_clusters(workload: dict, objects: list[dict], routing_text: str, envoy_text: str,
+                           p: Problems) -> None:
+    """Every cluster the routing config names is an Envoy cluster; pinned clusters are headless."""
     routing = yaml.safe_load(routing_text)
     envoy = yaml.safe_load(envoy_text)
     clusters = {c["name"]: c for c in envoy["static_resources"]["clusters"]}
@@ -347,6 +445,212 @@ def check_clusters(workload: dict, template: dict, objects: list[dict], envoy_te
                             f"Envoy cluster {name} has pin_host: true but Service {labels[0]} is not headless "
                             "(clusterIP: None): Envoy would see one address, not the pods"
                         )
+
+
+MEMORY = re.compile(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?")
+MEMORY_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9,
+                "T": 10**12, None: 1}
+
+
+def check_store_memory(where: str, container: dict, routing_text: str, p: Problems) -> None:
+    """The container that holds the affinity store (the router sidecar, or Envoy with the module)
+    requests at least what the store takes at `affinity.capacity` ids: a pod scheduled on less
+    is OOM-killed once the store fills up."""
+    affinity = yaml.safe_load(routing_text).get("affinity") or {}
+    env = {e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e}
+    learn = env.get("RESPONSES_ROUTER__AFFINITY__LEARN", affinity.get("learn", True))
+    if str(learn).lower() == "false":
+        return  # no store
+    capacity = int(env.get("RESPONSES_ROUTER__AFFINITY__CAPACITY", affinity.get("capacity", DEFAULT_CAPACITY)))
+    request = container.get("resources", {}).get("requests", {}).get("memory")
+    m = MEMORY.fullmatch(str(request)) if request is not None else None
+    if m is None:
+        return  # none is reported by check_pod_security; another spelling is the schemas' to judge
+    need = capacity * STORE_BYTES_PER_ID
+    if float(m.group(1)) * MEMORY_UNITS[m.group(2)] < need:
+        p.add(f"{where} container {container['name']}: requests {request} of memory, less than the affinity "
+              f"store takes at capacity ({capacity} ids x {STORE_BYTES_PER_ID} bytes = {need / 2**20:.0f} MiB)")
+
+
+def check_module_gateway(workload: dict, template: dict, envoy_c: dict, objects: list[dict], envoy_text: str,
+                         config: dict, modules: list[dict], opts: argparse.Namespace, workdir: Path,
+                         p: Problems) -> None:
+    """The router inside Envoy: nothing of the sidecar form left in the pod, the module's routing
+    config from a ConfigMap mounted into Envoy, both configs validated by the real module, and
+    Envoy's image the one that carries it (`config` is `envoy_text` parsed; `modules`, its module
+    filters)."""
+    where = kind_name(workload)
+    spec = template["spec"]
+
+    # One form: no ext_proc, no router cluster or socket, no router container.
+    if any(f.get("@type") == EXT_PROC_FILTER for f in typed_configs(config)):
+        p.add(f"{where}: Envoy's config has the router module and ext_proc filters: one form or the other")
+    for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] == ROUTER_CLUSTER:
+            p.add(f"{where}: Envoy's config has the router cluster {ROUTER_CLUSTER}, but the router is the module")
+        for lb in cluster.get("load_assignment", {}).get("endpoints", []):
+            for ep in lb.get("lb_endpoints", []):
+                if "pipe" in ep.get("endpoint", {}).get("address", {}):
+                    p.add(f"{where}: Envoy cluster {cluster['name']} dials a Unix socket: no router process "
+                          "runs beside Envoy in the module form")
+    for c in all_containers(spec):
+        if c is envoy_c:
+            continue
+        args = [str(a) for a in c.get("args", [])]
+        if c["name"] == ROUTER_CONTAINER or image_name(c) == ROUTER_IMAGE or args[:1] == ["serve"]:
+            p.add(f"{where} container {c['name']}: a router runs beside Envoy, whose config routes with the "
+                  "module and never calls it: remove the sidecar")
+    socket_dir = ROUTER_SOCKET.rsplit("/", 1)[0]
+    for c in all_containers(spec):
+        for m in c.get("volumeMounts", []):
+            if m["mountPath"].rstrip("/") == socket_dir:
+                p.add(f"{where} container {c['name']}: mounts {socket_dir}, the ext_proc socket's directory, "
+                      "which the module form has no use for")
+    if image_name(envoy_c) != MODULE_IMAGE:
+        p.add(f"{where} container envoy: image {envoy_c.get('image')!r} carries no router module: the module "
+              f"form runs {MODULE_IMAGE} (Dockerfile, stage {MODULE_STAGE})")
+
+    if len(modules) != 1:
+        p.add(f"{where}: Envoy's config loads the router module {len(modules)} times (one filter, one "
+              "routing config and one affinity store per Envoy)")
+        return
+    module = modules[0]
+    if module.get("dynamic_module_config", {}).get("name") != MODULE_NAME:
+        p.add(f"{where}: the module filter loads {module.get('dynamic_module_config', {}).get('name')!r}, "
+              f"not {MODULE_NAME} (lib{MODULE_NAME}.so)")
+    value = module.get("filter_config", {}).get("value", {})
+    routing_path = str(value.get("routing_yaml", ""))
+    if not routing_path.startswith("/"):
+        p.add(f"{where}: the module filter's routing_yaml is {routing_path!r}: it must name the routing "
+              "ConfigMap's file by its absolute path in the container")
+        return
+    routing_text = config_file(template, envoy_c, objects, routing_path)
+    if routing_text is None:
+        p.add(f"{where}: the module reads its routing config from {routing_path}, which comes from no "
+              "ConfigMap mounted into the envoy container")
+        return
+    check_routing_clusters(workload, objects, routing_text, envoy_text, p)
+    check_store_memory(where, envoy_c, routing_text, p)
+    check_module_image(where, envoy_c, opts, p)
+
+    # The configs as Envoy would load them in the pod, from this machine's copies: the routing
+    # config in place of the mounted file, the model directory (in Envoy's environment) mapped by
+    # container_env, and the module itself from --module-dir in place of the image's.
+    name = workload["metadata"]["name"]
+    local_routing = workdir / f"{name}-module-routing.yaml"
+    local_routing.write_text(routing_text)
+    line = re.compile(rf"^(\s*routing_yaml:\s*)[\"']?{re.escape(routing_path)}[\"']?\s*$", re.MULTILINE)
+    local_text, count = line.subn(lambda m: m.group(1) + str(local_routing), envoy_text)
+    if count != 1:
+        p.add(f"{where}: expected one `routing_yaml: {routing_path}` line in Envoy's config, found {count}")
+        return
+    local_envoy = workdir / f"{name}-module-envoy.yaml"
+    local_envoy.write_text(local_text)
+    so = Path(opts.module_dir) / f"lib{MODULE_NAME}.so"
+    if not so.is_file():
+        p.add(f"no {so}: build the module (cargo build -p responses-router-envoy-module)")
+        return
+    args = [str(a) for a in envoy_c.get("args", [])]
+    config_path = arg_value(args, "--config-path")
+    argv = [opts.envoy, "--mode", "validate"] + [str(local_envoy) if a == config_path else a for a in args]
+    env = container_env(envoy_c)
+    env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(so.parent)
+    result = run(argv, env)
+    if result.returncode != 0:
+        p.add(f"{where}: `ENVOY_DYNAMIC_MODULES_SEARCH_PATH={so.parent} {shlex.join(argv)}` failed:\n"
+              f"{indent(result, 6)}")
+    # The router's own validation of the same file with Envoy's environment: its messages, and
+    # the same check the sidecar form gets (--offline, as there).
+    result = run([opts.router, "validate", "--offline", "--config", str(local_routing)], env)
+    if result.returncode != 0:
+        p.add(f"{where}: responses-router validate (with Envoy's environment) failed:\n{indent(result)}")
+
+
+def dockerfile_stages(path: Path) -> dict[str, dict]:
+    """The named stages of a Dockerfile: their base image, ENV values and COPY/ADD (sources, dest).
+    Enough of the syntax for this repository's Dockerfile (continuations, comments, flags)."""
+    logical, current = [], ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("#") or (not line and not current):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        logical.append(current + line)
+        current = ""
+    stages: dict[str, dict] = {}
+    stage: dict | None = None
+    for instruction in logical:
+        word, _, rest = instruction.partition(" ")
+        word = word.upper()
+        if word == "FROM":
+            parts = [x for x in rest.split() if not x.startswith("--")]
+            stage = {"from": parts[0], "env": {}, "copies": []}
+            if len(parts) == 3 and parts[1].upper() == "AS":
+                stages[parts[2]] = stage
+        elif stage is None:
+            continue
+        elif word == "ENV":
+            tokens = shlex.split(rest)
+            if tokens and "=" not in tokens[0]:
+                stage["env"][tokens[0]] = " ".join(tokens[1:])
+            else:
+                stage["env"].update(tok.split("=", 1) for tok in tokens)
+        elif word in {"COPY", "ADD"}:
+            tokens = [x for x in shlex.split(rest) if not x.startswith("--")]
+            stage["copies"].append((tokens[:-1], tokens[-1]))
+    return stages
+
+
+def envoy_release(text: str) -> tuple[int, int] | None:
+    """(major, minor) of an Envoy version in `text` (`1.40.0`, `v1.40.0`)."""
+    m = re.search(r"(?<![\d.])v?(\d+)\.(\d+)\.\d+", text)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def check_module_image(where: str, envoy_c: dict, opts: argparse.Namespace, p: Problems) -> None:
+    """The Dockerfile's module stage carries what the pod relies on. No Docker engine runs here, so
+    the image is never built by the checks: this is what can be known of it from its recipe."""
+    stage = dockerfile_stages(opts.dockerfile).get(MODULE_STAGE)
+    if stage is None:
+        p.add(f"{opts.dockerfile.name}: no stage {MODULE_STAGE}, which builds the {MODULE_IMAGE} image")
+        return
+    base, _, tag = stage["from"].partition(":")
+    if base != UPSTREAM_ENVOY_IMAGE:
+        p.add(f"{opts.dockerfile.name} stage {MODULE_STAGE}: built on {stage['from']}, not Envoy's image")
+    # The sidecar gateway's Envoy (the base's `images:`): the two forms run one Envoy release.
+    kustomization = yaml.safe_load((HERE / "base" / "kustomization.yaml").read_text())
+    sidecar_tag = next((i.get("newTag") for i in kustomization.get("images", [])
+                        if i.get("name") == UPSTREAM_ENVOY_IMAGE), None)
+    if tag != sidecar_tag:
+        p.add(f"{opts.dockerfile.name} stage {MODULE_STAGE}: Envoy {tag!r}, the sidecar gateway's is "
+              f"{sidecar_tag!r} (base/kustomization.yaml)")
+    # The Envoy these checks (and the tests) load the module into: its ABI is pinned per minor.
+    tested = envoy_release(run([opts.envoy, "--version"]).stdout)
+    if tested is None or envoy_release(tag) != tested:
+        tested_text = "an unknown version" if tested is None else "%d.%d" % tested
+        p.add(f"{opts.dockerfile.name} stage {MODULE_STAGE}: Envoy {tag!r}, but the module is checked here "
+              f"(and tested) in Envoy {tested_text}: its ABI changes between minor versions")
+    search = {e["name"]: e.get("value") for e in envoy_c.get("env", [])}.get(
+        "ENVOY_DYNAMIC_MODULES_SEARCH_PATH", stage["env"].get("ENVOY_DYNAMIC_MODULES_SEARCH_PATH"))
+    library = f"lib{MODULE_NAME}.so"
+    if not search:
+        p.add(f"{opts.dockerfile.name} stage {MODULE_STAGE}: no ENV ENVOY_DYNAMIC_MODULES_SEARCH_PATH, "
+              "where Envoy looks for the module")
+    else:
+        search = search.rstrip("/")
+        if not any(any(Path(s).name == library for s in sources) and
+                   dest.rstrip("/") in {search, f"{search}/{library}"}
+                   for sources, dest in stage["copies"]):
+            p.add(f"{opts.dockerfile.name} stage {MODULE_STAGE}: no COPY of {library} into {search}, "
+                  "where ENVOY_DYNAMIC_MODULES_SEARCH_PATH points Envoy")
+    dests = [dest.rstrip("/") for _, dest in stage["copies"]]
+    for e in envoy_c.get("env", []):
+        value = str(e.get("value", ""))
+        if value.startswith(IMAGE_MODELS) and not any(value == d or value.startswith(d + "/") for d in dests):
+            p.add(f"{where} container envoy: {e['name']}={value}, which the {MODULE_STAGE} stage "
+                  "does not put in the image")
 
 
 def arg_value(args: list[str], flag: str) -> str | None:
@@ -418,6 +722,10 @@ def main() -> int:
     parser.add_argument("--envoy", required=True)
     parser.add_argument("--router", required=True)
     parser.add_argument("--simulator", required=True)
+    parser.add_argument("--module-dir", required=True,
+                        help=f"the directory with lib{MODULE_NAME}.so, which Envoy loads to validate the module form")
+    parser.add_argument("--dockerfile", type=Path, default=DOCKERFILE,
+                        help="the Dockerfile whose module stage builds the module form's Envoy image")
     parser.add_argument("--k8s-version", action="append", required=True, dest="versions")
     parser.add_argument("--self-contained", action="append", default=[],
                         help="a kustomization whose every model-server Service must be in its own output")
@@ -439,7 +747,8 @@ def main() -> int:
                 check_references(objects, p)
                 workdir = Path(tmp) / d.replace("/", "_")
                 workdir.mkdir()
-                if check_programs(objects, opts.envoy, opts.router, opts.simulator, workdir, p) == 0:
+                forms = check_programs(objects, opts, workdir, p)
+                if not forms:
                     p.add("no Deployment runs an `envoy` container")
                 if d in opts.self_contained:
                     check_self_contained(objects, p)
@@ -450,8 +759,10 @@ def main() -> int:
                     print(f"  - {item}", file=sys.stderr)
             else:
                 kinds = sorted({o["kind"] for o in objects})
+                labels = {"sidecar": "ext_proc sidecar", "module": "inside Envoy (module)"}
+                router = ", ".join(labels.get(f, f) for f in sorted(set(forms)))
                 print(f"ok  {d}: {len(objects)} objects ({', '.join(kinds)}); "
-                      f"schemas {', '.join(opts.versions)}; envoy and routing configs valid")
+                      f"schemas {', '.join(opts.versions)}; envoy and routing configs valid; router: {router}")
     return 1 if failed else 0
 
 

@@ -10,7 +10,10 @@ the kustomizations get generated copies, which scripts/k8s-check re-renders and 
 
   base/routing.yaml               deploy/routing.yaml, byte for byte, under a "generated" header
   DIR/envoy.yaml for each         deploy/envoy.yaml with the Kubernetes differences below, the
-  DIR/upstreams.ini               model-server addresses taken from DIR/upstreams.ini
+  DIR/upstreams.ini               model-server addresses taken from DIR/upstreams.ini; or, when
+                                  that file says `[router] form = module`, deploy/envoy-module.yaml
+                                  (the router inside Envoy, rendered from deploy/envoy.yaml by
+                                  deploy/render_module.py, which must be up to date)
 
 The Kubernetes differences (each marked `k8s:` in the output; everything else is kept as written,
 comments included):
@@ -18,9 +21,11 @@ comments included):
   - listeners bind 0.0.0.0 instead of 127.0.0.1: the Service sends traffic to the pod's IP;
   - every model-server cluster becomes STRICT_DNS on the Service named in upstreams.ini: Envoy
     uses every address the name resolves to as a host, so a headless Service (one address per
-    ready pod) lets the stateful_session filter pin a conversation to its pod;
+    ready pod) lets host pinning send a conversation back to its pod;
   - the router cluster is the sidecar's Unix socket (ROUTER_SOCKET, in an emptyDir volume that
-    both containers mount): ext_proc is not reachable over the network at all;
+    both containers mount): ext_proc is not reachable over the network at all; the module form
+    has no router cluster, and its filter's `routing_yaml` is the routing ConfigMap mounted into
+    Envoy (ROUTING_MOUNT) instead;
   - a `probes` listener on 0.0.0.0:9902 forwards GET /ready (kubelet's readiness probe) and
     GET /stats/prometheus to the admin interface, which stays on loopback.
 
@@ -44,6 +49,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent  # deploy/kubernetes
 DEPLOY = HERE.parent  # deploy
 ENVOY_SOURCE = DEPLOY / "envoy.yaml"
+# The router inside Envoy (the dynamic module): deploy/render_module.py's rendering of envoy.yaml.
+MODULE_SOURCE = DEPLOY / "envoy-module.yaml"
 ROUTING_SOURCE = DEPLOY / "routing.yaml"
 ROUTING_COPY = HERE / "base" / "routing.yaml"
 MTLS_OUTPUT = DEPLOY / "envoy-mtls.yaml"
@@ -53,6 +60,10 @@ ROUTER_CLUSTER = "responses_router"
 # Where the router sidecar serves ext_proc in the pod: a Unix socket in an emptyDir volume mounted
 # by both containers (base/gateway.yaml; scripts/k8s-check checks that they agree).
 ROUTER_SOCKET = "/run/responses-router/router.sock"
+# Where the routing ConfigMap is mounted: the sidecar's `--config` (base/gateway.yaml), and in the
+# module form Envoy's, which the module's filter config names (overlays/module mounts it there;
+# scripts/k8s-check checks both).
+ROUTING_MOUNT = "/etc/responses-router/routing.yaml"
 # The mTLS example: the router Service's name (also the name its certificate must carry) and the
 # directory Envoy's TLS files come from (a Secret's or projected volume's mount).
 MTLS_ROUTER_NAME = "responses-router.example.internal"
@@ -73,12 +84,30 @@ def rel(path: Path) -> str:
         return str(path)
 
 
-def read_upstreams(path: Path) -> dict[str, tuple[str, int]]:
-    """upstreams.ini: one [cluster] section per model-server cluster, with `address` and `port`."""
+# The reserved section of an upstreams.ini that says how the router runs in that kustomization:
+#   [router]
+#   form = sidecar    the ext_proc sidecar (the default, also when the section is absent):
+#                     envoy.yaml is rendered from deploy/envoy.yaml
+#   form = module     inside Envoy, as the dynamic module: from deploy/envoy-module.yaml
+FORM_SECTION = "router"
+FORMS = ("sidecar", "module")
+
+
+def read_upstreams(path: Path) -> tuple[str, dict[str, tuple[str, int]]]:
+    """upstreams.ini: the router's form ([router] form = ...), and one [cluster] section per
+    model-server cluster, with `address` and `port`."""
     parser = configparser.ConfigParser(interpolation=None)
     parser.read_string(path.read_text(), source=str(path))
+    form = "sidecar"
+    if parser.has_section(FORM_SECTION):
+        section = parser[FORM_SECTION]
+        if set(section) != {"form"} or section["form"].strip() not in FORMS:
+            raise RenderError(f"{rel(path)} [{FORM_SECTION}]: expected exactly `form = sidecar` or `form = module`")
+        form = section["form"].strip()
     upstreams: dict[str, tuple[str, int]] = {}
     for name in parser.sections():
+        if name == FORM_SECTION:
+            continue
         section = parser[name]
         unknown = set(section) - {"address", "port"}
         if unknown:
@@ -93,22 +122,22 @@ def read_upstreams(path: Path) -> dict[str, tuple[str, int]]:
         upstreams[name] = (address, int(port))
     if not upstreams:
         raise RenderError(f"{rel(path)}: no [cluster] sections")
-    return upstreams
+    return form, upstreams
 
 
 def indent_of(line: str) -> int:
     return len(line) - len(line.lstrip(" "))
 
 
-def index_of(lines: list[str], text: str) -> int:
+def index_of(lines: list[str], text: str, source: Path = ENVOY_SOURCE) -> int:
     """The index of the one line equal to `text` (without its newline)."""
     found = [i for i, line in enumerate(lines) if line.rstrip("\n") == text]
     if len(found) != 1:
-        raise RenderError(f"{rel(ENVOY_SOURCE)}: expected exactly one line {text!r}, found {len(found)}")
+        raise RenderError(f"{rel(source)}: expected exactly one line {text!r}, found {len(found)}")
     return found[0]
 
 
-def split_items(lines: list[str], source_what: str) -> list[tuple[str, list[str]]]:
+def split_items(lines: list[str], source_what: str, source: Path = ENVOY_SOURCE) -> list[tuple[str, list[str]]]:
     """Splits a `  - name: X` list into (name, lines); comments just above an item belong to it."""
     items: list[tuple[str, list[str]]] = []
     pending: list[str] = []
@@ -123,9 +152,9 @@ def split_items(lines: list[str], source_what: str) -> list[tuple[str, list[str]
         else:
             pending.append(line)
     if not items:
-        raise RenderError(f"{rel(ENVOY_SOURCE)}: no `  - name:` items under {source_what}")
+        raise RenderError(f"{rel(source)}: no `  - name:` items under {source_what}")
     if any(line.strip() for line in pending):
-        raise RenderError(f"{rel(ENVOY_SOURCE)}: trailing comment under {source_what} belongs to no item")
+        raise RenderError(f"{rel(source)}: trailing comment under {source_what} belongs to no item")
     items[-1][1].extend(pending)
     return items
 
@@ -133,7 +162,7 @@ def split_items(lines: list[str], source_what: str) -> list[tuple[str, list[str]
 LOOPBACK_ADDRESS = re.compile(r"^(\s*)socket_address: \{ address: 127\.0\.0\.1, port_value: (\d+) \}\s*$")
 
 
-def expose_listener(name: str, lines: list[str]) -> list[str]:
+def expose_listener(name: str, lines: list[str], source: Path = ENVOY_SOURCE) -> list[str]:
     """The listener's own address (its first socket_address) on 0.0.0.0; its comment replaced."""
     for i, line in enumerate(lines):
         m = LOOPBACK_ADDRESS.match(line)
@@ -149,17 +178,18 @@ def expose_listener(name: str, lines: list[str]) -> list[str]:
                 f"{pad}# ports named in the NetworkPolicy are open to other pods.\n",
                 f"{pad}socket_address: {{ address: 0.0.0.0, port_value: {port} }}\n",
             ] + lines[i + 1 :]
-    raise RenderError(f"{rel(ENVOY_SOURCE)}: listener {name}: no loopback `socket_address` line")
+    raise RenderError(f"{rel(source)}: listener {name}: no loopback `socket_address` line")
 
 
-def dns_cluster(name: str, lines: list[str], address: str, port: int, source: Path) -> list[str]:
+def dns_cluster(name: str, lines: list[str], address: str, port: int, ini: Path,
+                envoy_source: Path = ENVOY_SOURCE) -> list[str]:
     """A STATIC model-server cluster as STRICT_DNS on one Kubernetes Service name."""
     types = [i for i, line in enumerate(lines) if line.rstrip("\n") == "    type: STATIC"]
     if len(types) != 1:
-        raise RenderError(f"{rel(ENVOY_SOURCE)}: cluster {name}: expected one `    type: STATIC` line")
+        raise RenderError(f"{rel(envoy_source)}: cluster {name}: expected one `    type: STATIC` line")
     starts = [i for i, line in enumerate(lines) if line.rstrip("\n") == "    load_assignment:"]
     if len(starts) != 1:
-        raise RenderError(f"{rel(ENVOY_SOURCE)}: cluster {name}: expected one `    load_assignment:` line")
+        raise RenderError(f"{rel(envoy_source)}: cluster {name}: expected one `    load_assignment:` line")
     start = starts[0]
     end = start + 1
     while end < len(lines) and (not lines[end].strip() or indent_of(lines[end]) > 4):
@@ -167,7 +197,7 @@ def dns_cluster(name: str, lines: list[str], address: str, port: int, source: Pa
     while end > start + 1 and not lines[end - 1].strip():  # keep blank lines after the block
         end -= 1
     if f"cluster_name: {name}\n" not in {line.lstrip(" ") for line in lines[start:end]}:
-        raise RenderError(f"{rel(ENVOY_SOURCE)}: cluster {name}: no `cluster_name: {name}` in load_assignment")
+        raise RenderError(f"{rel(envoy_source)}: cluster {name}: no `cluster_name: {name}` in load_assignment")
     endpoint = [
         "    load_assignment:\n",
         f"      cluster_name: {name}\n",
@@ -175,7 +205,7 @@ def dns_cluster(name: str, lines: list[str], address: str, port: int, source: Pa
         "      - lb_endpoints:\n",
         "        - endpoint:\n",
         "            address:\n",
-        f"              # k8s: the Service named in {source.parent.name}/{source.name}.\n",
+        f"              # k8s: the Service named in {ini.parent.name}/{ini.name}.\n",
         f"              socket_address: {{ address: {address}, port_value: {port} }}\n",
     ]
     dns = [
@@ -186,7 +216,7 @@ def dns_cluster(name: str, lines: list[str], address: str, port: int, source: Pa
     ]
     t = types[0]
     if start <= t < end:
-        raise RenderError(f"{rel(ENVOY_SOURCE)}: cluster {name}: `type:` inside load_assignment")
+        raise RenderError(f"{rel(envoy_source)}: cluster {name}: `type:` inside load_assignment")
     out = list(lines)
     # The later block first, so the earlier one's indexes still hold.
     for (a, b), new in sorted([((start, end), endpoint), ((t, t + 1), dns)], reverse=True):
@@ -418,10 +448,74 @@ def header(ini: Path, output: Path) -> list[str]:
     return text.splitlines(keepends=True)
 
 
+def module_header(ini: Path, output: Path) -> list[str]:
+    text = f"""\
+# GENERATED by deploy/kubernetes/render.py from deploy/envoy-module.yaml (itself rendered from
+# deploy/envoy.yaml by deploy/render_module.py) and {rel(ini)}.
+# Do not edit: change those files and run `python3 deploy/kubernetes/render.py`
+# (scripts/k8s-check fails while this file is stale).
+#
+# deploy/envoy-module.yaml for a Kubernetes pod of the kustomization in {rel(output.parent)}/:
+# Envoy alone, with the responses-router inside it as a dynamic module (no router sidecar, no
+# ext_proc). Envoy runs the `responses-router-envoy` image (Dockerfile, stage `envoy-module`),
+# which carries libresponses_router_envoy.so on ENVOY_DYNAMIC_MODULES_SEARCH_PATH and the
+# embedding model. The comments below are deploy/envoy-module.yaml's own; the Kubernetes
+# differences are marked `k8s:`:
+#   - listeners bind 0.0.0.0 (the Service sends traffic to the pod IP);
+#   - model-server clusters are STRICT_DNS on the Services named in upstreams.ini: a headless
+#     Service gives Envoy one host per ready pod, so host pinning can pick the pod that holds a
+#     conversation;
+#   - the module reads the routing config from the routing ConfigMap, mounted into Envoy at
+#     {ROUTING_MOUNT};
+#   - a `probes` listener on 0.0.0.0:{PROBE_PORT} forwards GET /ready and GET /stats/prometheus
+#     (where the module's stats are too) to the admin interface, which stays on loopback.
+
+"""
+    return text.splitlines(keepends=True)
+
+
+ROUTING_YAML_LINE = re.compile(r"^(\s*)routing_yaml: (\S+)\s*$")
+
+
+def mounted_routing(lines: list[str], source: Path) -> list[str]:
+    """The module filter's `routing_yaml` pointed at the routing ConfigMap's mount."""
+    found = [i for i, line in enumerate(lines) if ROUTING_YAML_LINE.match(line)]
+    if len(found) != 1:
+        raise RenderError(f"{rel(source)}: expected exactly one `routing_yaml:` line, found {len(found)}")
+    i = found[0]
+    pad = ROUTING_YAML_LINE.match(lines[i]).group(1)
+    return lines[:i] + [
+        f"{pad}# k8s: the routing ConfigMap, mounted read-only into Envoy. Its name carries a hash of\n",
+        f"{pad}# its content, so a changed routing config is a new ConfigMap and rolls the Deployment;\n",
+        f"{pad}# the poll below never sees this file change.\n",
+        f"{pad}routing_yaml: {ROUTING_MOUNT}\n",
+    ] + lines[i + 1 :]
+
+
+def module_source_lines() -> list[str]:
+    """deploy/envoy-module.yaml, refused when it is stale: it is rendered from deploy/envoy.yaml,
+    and a Kubernetes copy of an old rendering would pass every check and still differ."""
+    sys.path.insert(0, str(DEPLOY))
+    try:
+        import render_module  # deploy/render_module.py
+    finally:
+        sys.path.pop(0)
+    try:
+        fresh = render_module.render()
+    except render_module.RenderError as e:
+        raise RenderError(str(e)) from e
+    text = MODULE_SOURCE.read_text()
+    if text != fresh:
+        raise RenderError(f"{rel(MODULE_SOURCE)} is stale: run `python3 deploy/render_module.py` first")
+    return text.splitlines(keepends=True)
+
+
 def render_envoy(ini: Path) -> str:
-    upstreams = read_upstreams(ini)
+    form, upstreams = read_upstreams(ini)
+    module = form == "module"
+    source = MODULE_SOURCE if module else ENVOY_SOURCE
     output = ini.parent / "envoy.yaml"
-    lines = ENVOY_SOURCE.read_text().splitlines(keepends=True)
+    lines = module_source_lines() if module else source.read_text().splitlines(keepends=True)
 
     # The source's own header (its first paragraph of comments) describes the local stack; the
     # generated one replaces it.
@@ -433,40 +527,43 @@ def render_envoy(ini: Path) -> str:
     lines = lines[first:]
 
     if f"port_value: {PROBE_PORT} " in "".join(lines):
-        raise RenderError(f"{rel(ENVOY_SOURCE)} already uses port {PROBE_PORT}, the probes listener's")
-    admin = index_of(lines, "admin:")
+        raise RenderError(f"{rel(source)} already uses port {PROBE_PORT}, the probes listener's")
+    admin = index_of(lines, "admin:", source)
     admin_port = None
     for line in lines[admin + 1 : admin + 4]:
         m = LOOPBACK_ADDRESS.match(line)
         if m:
             admin_port = int(m.group(2))
     if admin_port is None:
-        raise RenderError(f"{rel(ENVOY_SOURCE)}: the admin address is not a loopback `socket_address` line")
+        raise RenderError(f"{rel(source)}: the admin address is not a loopback `socket_address` line")
 
-    listeners_at = index_of(lines, "  listeners:")
-    clusters_at = index_of(lines, "  clusters:")
+    listeners_at = index_of(lines, "  listeners:", source)
+    clusters_at = index_of(lines, "  clusters:", source)
     if not listeners_at < clusters_at:
-        raise RenderError(f"{rel(ENVOY_SOURCE)}: expected `  listeners:` before `  clusters:`")
+        raise RenderError(f"{rel(source)}: expected `  listeners:` before `  clusters:`")
 
-    listeners = split_items(lines[listeners_at + 1 : clusters_at], "listeners")
-    clusters = split_items(lines[clusters_at + 1 :], "clusters")
+    listeners = split_items(lines[listeners_at + 1 : clusters_at], "listeners", source)
+    clusters = split_items(lines[clusters_at + 1 :], "clusters", source)
 
     names = [name for name, _ in clusters]
-    if ROUTER_CLUSTER not in names:
-        raise RenderError(f"{rel(ENVOY_SOURCE)}: no cluster named {ROUTER_CLUSTER}")
+    if module and ROUTER_CLUSTER in names:
+        raise RenderError(f"{rel(source)}: has a cluster {ROUTER_CLUSTER}, but the module form runs no router process")
+    if not module and ROUTER_CLUSTER not in names:
+        raise RenderError(f"{rel(source)}: no cluster named {ROUTER_CLUSTER}")
+    if FORM_SECTION in names:
+        raise RenderError(f"{rel(source)}: a cluster is named {FORM_SECTION}, the section upstreams.ini reserves")
     model_clusters = [n for n in names if n != ROUTER_CLUSTER]
     missing = [n for n in model_clusters if n not in upstreams]
     unknown = [n for n in upstreams if n not in model_clusters]
     if missing:
-        raise RenderError(f"{rel(ini)}: no [section] for the clusters {missing} of {rel(ENVOY_SOURCE)}")
+        raise RenderError(f"{rel(ini)}: no [section] for the clusters {missing} of {rel(source)}")
     if unknown:
-        raise RenderError(f"{rel(ini)}: sections {unknown} are no model-server clusters of {rel(ENVOY_SOURCE)}")
+        raise RenderError(f"{rel(ini)}: sections {unknown} are no model-server clusters of {rel(source)}")
     if ADMIN_CLUSTER in names:
-        raise RenderError(f"{rel(ENVOY_SOURCE)} already has a cluster named {ADMIN_CLUSTER}")
+        raise RenderError(f"{rel(source)} already has a cluster named {ADMIN_CLUSTER}")
 
-    out = lines[: listeners_at + 1]
-    for name, item in listeners:
-        out += expose_listener(name, item)
+    exposed = [line for name, item in listeners for line in expose_listener(name, item, source)]
+    out = lines[: listeners_at + 1] + (mounted_routing(exposed, source) if module else exposed)
     if out[-1].strip():
         out.append("\n")
     out += probe_listener(admin_port)
@@ -476,9 +573,10 @@ def render_envoy(ini: Path) -> str:
             out += unix_socket_router(item)
         else:
             address, port = upstreams[name]
-            out += dns_cluster(name, item, address, port, ini)
+            out += dns_cluster(name, item, address, port, ini, source)
     out += admin_cluster(admin_port)
-    return "".join(header(ini, output) + out)
+    head = module_header(ini, output) if module else header(ini, output)
+    return "".join(head + out)
 
 
 def render_routing() -> str:
