@@ -10,14 +10,16 @@
 //!   upstream override (falling back to load balancing when the host is gone), the routing
 //!   headers the upstream sees.
 //! - Response: the id a state-creating request creates is read as the response passes (a JSON
-//!   body, or the first SSE event) and recorded before the last byte leaves the filter; a stream
-//!   is never held. No observer filter and no pending-id wait are needed: the filter sees the
-//!   response itself, in order.
-//! - Sharing (`affinity.redis_url`): memory first; an id memory does not know is asked of the
-//!   shared store off the worker thread while the request waits (the store's own budget bounds
-//!   the wait), and a JSON answer's last chunk waits until its id is written there, as the
-//!   ext_proc form's answer waits; an SSE id is written without holding the stream.
+//!   body, or the first SSE event) and recorded before the last byte leaves the filter; a
+//!   stream's chunks are never held. No observer filter and no pending-id wait are needed: the
+//!   filter sees the response itself, in order.
+//! - Sharing (Redis): memory first; an id memory does not know is asked of the shared store off
+//!   the worker thread while the request waits (the store's own budget bounds the wait). A
+//!   learned id is written there before the answer's end leaves: a JSON answer waits from its
+//!   id on, as the ext_proc form's answer waits; a stream's end waits only if the write is still
+//!   in flight then.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -33,7 +35,7 @@ use crate::router::Router;
 
 /// `on_scheduled` event: the shared store answered a lookup.
 pub const EVENT_LOOKED_UP: u64 = 1;
-/// `on_scheduled` event: the shared store took a JSON answer's id.
+/// `on_scheduled` event: the shared store took a learned id.
 pub const EVENT_RECORDED: u64 = 2;
 
 /// The request headers the decision reads, in the order `on_request_headers` takes them.
@@ -97,8 +99,19 @@ pub struct Stream {
     looking_up: Option<LookingUp>,
     watching: Option<Watching>,
     capture: Option<(Location, IdCapture)>,
+    /// The learned id's write to the shared store, once started.
+    sharing: Option<Sharing>,
+    /// The response is held (Envoy buffers it) until that write is done.
+    holding: bool,
     /// The scheduler that wakes this stream, once one was needed.
     resumer: Option<Arc<dyn Resumer>>,
+}
+
+/// A learned id being written to the shared store.
+struct Sharing {
+    /// Set by the store's thread when the write finished (or gave up), before it resumes us.
+    written: Arc<AtomicBool>,
+    sse: bool,
 }
 
 /// What routing made of a request. (Returned once per request and consumed at once: boxing the
@@ -131,6 +144,8 @@ impl Stream {
             looking_up: None,
             watching: None,
             capture: None,
+            sharing: None,
+            holding: false,
             resumer: None,
         }
     }
@@ -292,43 +307,56 @@ impl Stream {
         HeadersFlow::Continue
     }
 
-    /// Reads the created id as the body passes; every chunk goes on at once, and the id is
-    /// recorded before the chunk that completes it leaves the filter.
+    /// Reads the created id as the body passes, and records it before the answer's end leaves
+    /// the filter. Sharing it takes the store's thread a moment: a JSON answer waits from the
+    /// chunk that names its id until the write is done (as the ext_proc form's answer waits); a
+    /// stream's chunks all pass at once and only its end waits, if the write is still in flight
+    /// then (it rarely is; the store's 50 ms budget bounds it). So a client that has the whole
+    /// answer can continue through any Envoy.
     pub fn on_response_body(&mut self, host: &mut impl Host, end_of_stream: bool) -> BodyFlow {
-        let Some((location, capture)) = self.capture.as_mut() else {
-            return BodyFlow::Continue;
-        };
-        match capture.feed(&host.response_chunk(), end_of_stream) {
-            Capture::Pending => {}
-            Capture::GaveUp => self.capture = None,
-            Capture::Found(id) => {
-                let sse = capture.format() == Format::EventStream;
-                let location = location.clone();
-                self.capture = None;
-                self.router.store().record(&id, &location);
-                host.increment(Counter::LearnedIds, &[if sse { "sse" } else { "json" }]);
-                crate::log::debug(|| {
-                    format!("learned {id} on {} ({:?})", location.cluster, location.host)
-                });
-                if let Some(remote) = self.router.remote().cloned() {
-                    if sse {
-                        // A stream never waits: the id is shared as soon as the store can.
-                        remote.record(&id, &location, Box::new(|()| {}));
-                    } else {
-                        // A JSON answer's last chunk waits until the id is shared, so a client
-                        // cannot continue on another Envoy before it can be found there.
-                        let resumer = self.resumer(host);
-                        remote.record(
-                            &id,
-                            &location,
-                            Box::new(move |()| resumer.resume(EVENT_RECORDED)),
-                        );
-                        return BodyFlow::Buffer;
-                    }
+        if let Some((location, capture)) = self.capture.as_mut() {
+            match capture.feed(&host.response_chunk(), end_of_stream) {
+                Capture::Pending => {}
+                Capture::GaveUp => self.capture = None,
+                Capture::Found(id) => {
+                    let sse = capture.format() == Format::EventStream;
+                    let location = location.clone();
+                    self.capture = None;
+                    self.learned(host, &id, &location, sse);
                 }
             }
         }
+        let Some(sharing) = &self.sharing else {
+            return BodyFlow::Continue;
+        };
+        let written = sharing.written.load(Ordering::Acquire);
+        if self.holding || (!written && (!sharing.sse || end_of_stream)) {
+            self.holding = true;
+            return BodyFlow::Buffer;
+        }
         BodyFlow::Continue
+    }
+
+    /// Records `id`'s location in memory and, with a shared store, starts writing it there.
+    fn learned(&mut self, host: &mut impl Host, id: &str, location: &Location, sse: bool) {
+        self.router.store().record(id, location);
+        host.increment(Counter::LearnedIds, &[if sse { "sse" } else { "json" }]);
+        crate::log::debug(|| format!("learned {id} on {} ({:?})", location.cluster, location.host));
+        let Some(remote) = self.router.remote().cloned() else {
+            return;
+        };
+        let written = Arc::new(AtomicBool::new(false));
+        let resumer = self.resumer(host);
+        let done = Arc::clone(&written);
+        remote.record(
+            id,
+            location,
+            Box::new(move |()| {
+                done.store(true, Ordering::Release);
+                resumer.resume(EVENT_RECORDED);
+            }),
+        );
+        self.sharing = Some(Sharing { written, sse });
     }
 
     /// Finishes what waited for another thread: a decision waiting for the shared store's lookup,
@@ -369,7 +397,11 @@ impl Stream {
                     }
                 }
             }
-            EVENT_RECORDED => host.continue_response(),
+            // A write that ended before the answer's end needed it wakes nothing.
+            EVENT_RECORDED if self.holding => {
+                self.holding = false;
+                host.continue_response();
+            }
             _ => {}
         }
     }
@@ -951,6 +983,73 @@ categories:
         drop(stream);
         remote.answer_lookups();
         assert!(resumer.events.lock().unwrap().is_empty());
+    }
+
+    /// A stream answered by `a` sharing through `remote`, with response headers of `content_type`.
+    fn shared_response(remote: &Arc<FakeRemote>, content_type: &str) -> (Stream, FakeHost) {
+        let mut router = router();
+        router.set_remote(Arc::clone(remote) as Arc<dyn Remote>);
+        let (mut stream, mut host) = post(&router, r#"{"model":"general-model","input":"hi"}"#);
+        host.response.insert(":status".into(), "200".into());
+        host.response
+            .insert("content-type".into(), content_type.into());
+        host.cluster = Some("general".into());
+        stream.on_response_headers(&mut host, false);
+        (stream, host)
+    }
+
+    #[test]
+    fn a_json_answer_in_chunks_waits_at_its_end_until_the_write_is_done() {
+        let remote = Arc::new(FakeRemote::default());
+        let (mut stream, mut host) = shared_response(&remote, "application/json");
+        // A JSON answer is read whole: its id is known at its last chunk.
+        host.response_chunk = br#"{"id":"resp_j","object":"response","#.to_vec();
+        assert_eq!(
+            stream.on_response_body(&mut host, false),
+            BodyFlow::Continue
+        );
+        host.response_chunk = br#""output":[]}"#.to_vec();
+        assert_eq!(stream.on_response_body(&mut host, true), BodyFlow::Buffer);
+        assert!(!host.continued_response);
+        remote.finish_records();
+        stream.on_scheduled(&mut host, EVENT_RECORDED);
+        assert!(host.continued_response);
+    }
+
+    #[test]
+    fn a_stream_passes_at_once_and_only_its_end_waits_for_a_write_in_flight() {
+        let remote = Arc::new(FakeRemote::default());
+        let (mut stream, mut host) = shared_response(&remote, "text/event-stream");
+        host.response_chunk =
+            b"event: response.created\ndata: {\"response\":{\"id\":\"resp_s\"}}\n\n".to_vec();
+        assert_eq!(
+            stream.on_response_body(&mut host, false),
+            BodyFlow::Continue
+        );
+        host.response_chunk = b"event: response.output_text.delta\ndata: {}\n\n".to_vec();
+        assert_eq!(
+            stream.on_response_body(&mut host, false),
+            BodyFlow::Continue
+        );
+        host.response_chunk = b"event: response.completed\ndata: {}\n\n".to_vec();
+        assert_eq!(stream.on_response_body(&mut host, true), BodyFlow::Buffer);
+        remote.finish_records();
+        stream.on_scheduled(&mut host, EVENT_RECORDED);
+        assert!(host.continued_response);
+
+        // Written before the end: nothing waits, and the late wake-up changes nothing.
+        let (mut stream, mut host) = shared_response(&remote, "text/event-stream");
+        host.response_chunk =
+            b"event: response.created\ndata: {\"response\":{\"id\":\"resp_t\"}}\n\n".to_vec();
+        assert_eq!(
+            stream.on_response_body(&mut host, false),
+            BodyFlow::Continue
+        );
+        remote.finish_records();
+        host.response_chunk = b"event: response.completed\ndata: {}\n\n".to_vec();
+        assert_eq!(stream.on_response_body(&mut host, true), BodyFlow::Continue);
+        stream.on_scheduled(&mut host, EVENT_RECORDED);
+        assert!(!host.continued_response, "nothing was held");
     }
 
     #[test]
