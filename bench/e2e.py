@@ -221,6 +221,17 @@ class Bench:
     def proxy_cpu(self, target: str) -> dict[str, float]:
         return {name: cpu_seconds(p.popen.pid) for name, p in self.proxies[target[0]]}
 
+    def settle(self, target: str, limit_s: float = 10.0) -> None:
+        """Waits until `target`'s proxies are idle (under 10% of a core over 0.2 s), so that work a
+        proxy still does after its run (LiteLLM's background tasks after a burst) is not charged
+        to the target measured next on the same cores."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            before = sum(self.proxy_cpu(target).values())
+            time.sleep(0.2)
+            if sum(self.proxy_cpu(target).values()) - before < 0.02:
+                return
+
     def oha_run(self, target: str, kind: str, duration: float, concurrency: int, rate: float | None = None) -> dict:
         if target.endswith("-cont") and kind != "warmup":
             self.refresh_continuation(target, MODEL if target.startswith("c") else "auto")
@@ -234,6 +245,7 @@ class Bench:
         cpu0 = self.proxy_cpu(target)
         out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120)
         cpu1 = self.proxy_cpu(target)
+        self.settle(target)
         if out.returncode != 0:
             raise RuntimeError(f"oha failed ({out.returncode}): {out.stderr[-2000:]}")
         data = json.loads(out.stdout)
@@ -277,14 +289,18 @@ class Bench:
         return None
 
     def ttfb(self, n: int) -> dict[str, list[float]]:
-        """Time to first byte of `stream: true` Responses, interleaved over the targets."""
+        """Time to first byte of `stream: true` Responses, interleaved over Envoy's targets."""
         bodies = {"a": {"model": MODEL}, "b-new": {"model": "auto"}, "c-new": {"model": MODEL},
                   "d-new": {"model": "auto"}}
         bodies = {t: {**b, "input": NEW_TEXT, "stream": True} for t, b in bodies.items() if t in self.urls}
         out: dict[str, list[float]] = {t: [] for t in bodies}
+        # Envoy's targets interleaved; LiteLLM's after them, as its work after each answer would
+        # otherwise land on whichever target comes next.
+        groups = [[t for t in bodies if not t.startswith("c")], [t for t in bodies if t.startswith("c")]]
         with httpx.Client(timeout=60) as client:
-            for i in range(n + 3):  # three warm-ups each
-                for t, body in bodies.items():
+            for i, group in ((i, g) for g in groups for i in range(n + 3)):  # three warm-ups each
+                for t in group:
+                    body = bodies[t]
                     start = time.perf_counter()
                     first = None
                     with client.stream("POST", self.urls[t], json=body) as r:
@@ -313,7 +329,6 @@ def percentile(values: list[float], p: float) -> float:
 def run_all(b: Bench, prof: Profile) -> dict:
     targets = [t for t in TARGETS if t in b.urls]
     fast = [t for t in targets if not t.startswith("c")]
-    slow = [t for t in targets if t.startswith("c")]
 
     log("warm-up")
     for t in targets:

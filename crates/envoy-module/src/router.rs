@@ -1,7 +1,7 @@
 //! What every worker thread shares for one filter config: the routing table in force (swapped as
-//! a whole on reload), the startup settings, and the affinity store. Built when Envoy loads the
-//! filter config (also under `envoy --mode validate`, so a broken routing YAML fails validation
-//! with the router's own messages), and hot-reloaded from the file by a background thread.
+//! a whole on reload) and the affinity store. Built when Envoy loads the filter config (also under
+//! `envoy --mode validate`, so a broken routing YAML fails validation with the router's own
+//! messages), and hot-reloaded from the file by a background thread.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use responses_router_core::affinity::{AffinityStore, MemoryStore, NoStore};
-use responses_router_core::config::{self, Compiled, RoutingTable, Settings};
+use responses_router_core::config::{self, Compiled, RoutingTable};
 use responses_router_redis::{RedisSettings, Stats};
 use serde::Deserialize;
 
@@ -39,7 +39,6 @@ fn default_poll_seconds() -> u64 {
 /// State shared by all of Envoy's worker threads for one filter config.
 pub struct Router {
     table: RwLock<Arc<RoutingTable>>,
-    settings: Settings,
     /// Memory, or (with Redis) the memory in front of Redis.
     store: Arc<dyn AffinityStore>,
     /// The store shared with other Envoys, when Redis is configured (a fake in tests).
@@ -48,7 +47,7 @@ pub struct Router {
     redis: Option<Arc<RedisRemote>>,
     generation: AtomicU64,
     /// Reload outcomes not yet exported as stats (the reload thread cannot touch Envoy's stats;
-    /// the next stream on a worker publishes them).
+    /// the main thread's next publication takes them).
     unpublished_ok: AtomicU64,
     unpublished_rejected: AtomicU64,
     /// Tells the reload thread to stop (the config is being destroyed).
@@ -120,7 +119,6 @@ impl Router {
         };
         Ok(Router {
             table: RwLock::new(Arc::new(compiled.table)),
-            settings: compiled.settings,
             store,
             remote: redis.clone().map(|r| r as Arc<dyn Remote>),
             redis,
@@ -181,7 +179,8 @@ impl Router {
 
     /// Loads the routing YAML again; the new table takes effect for streams that start later.
     fn reload(&self, path: &Path) -> Result<u64, String> {
-        match config::reload(path, &self.settings) {
+        // Against the table in force: an unchanged embedding model is shared, not loaded again.
+        match config::reload_reusing(path, &self.table()) {
             Ok(reloaded) => {
                 *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(reloaded.table);
                 self.unpublished_ok.fetch_add(1, Ordering::Relaxed);
