@@ -10,8 +10,6 @@ use std::sync::{Arc, Mutex};
 
 use responses_router_redis::Stats as RedisStats;
 
-use responses_router_core::ApiError;
-
 use crate::abi::{self, EnvoyBuffer, HttpFilterConfigEnvoyPtr, HttpFilterConfigModulePtr};
 use crate::abi::{HttpFilterEnvoyPtr, HttpFilterModulePtr};
 use crate::envoy::{EnvoyHost, Hook, Publisher, Stats};
@@ -48,11 +46,7 @@ fn guarded<T>(what: &str, fallback: T, f: impl FnOnce() -> T) -> T {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(value) => value,
         Err(payload) => {
-            let why = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".to_owned());
+            let why = filter::panic_message(&*payload);
             crate::log::error(&format!("panic caught in {what}: {why}"));
             fallback
         }
@@ -77,15 +71,7 @@ unsafe fn request_hook<T>(
     let config = filter.config();
     // SAFETY: the caller passes Envoy's pointer for the hook being run.
     let mut host = unsafe { EnvoyHost::new(envoy, &config.stats, hook) };
-    let outcome = guarded(what, None, || Some(f(&mut filter.stream, &mut host)));
-    outcome.unwrap_or_else(|| {
-        host.increment(Counter::Panics, &[]);
-        filter::refuse(
-            &mut host,
-            &ApiError::internal("the router failed on this request"),
-        );
-        stopped
-    })
+    filter::guarded_hook(what, &mut filter.stream, &mut host, stopped, f)
 }
 
 #[unsafe(no_mangle)]

@@ -528,6 +528,40 @@ impl Stream {
     }
 }
 
+/// Runs one request-phase hook of `stream` under `catch_unwind`. A panic must never unwind into
+/// Envoy's C++ (that aborts the process): it is logged, counted, and the request is answered with
+/// the router's 500 error; the hook then returns `stopped`.
+pub fn guarded_hook<H: Host, T>(
+    what: &str,
+    stream: &mut Stream,
+    host: &mut H,
+    stopped: T,
+    hook: impl FnOnce(&mut Stream, &mut H) -> T,
+) -> T {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(stream, host)));
+    outcome.unwrap_or_else(|payload| {
+        crate::log::error(&format!(
+            "panic caught in {what}: {}",
+            panic_message(&*payload)
+        ));
+        host.increment(Counter::Panics, &[]);
+        refuse(
+            host,
+            &ApiError::internal("the router failed on this request"),
+        );
+        stopped
+    })
+}
+
+/// A panic's message, when it has one.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
 /// Sends `error` as the client's answer.
 pub fn refuse(host: &mut impl Host, error: &ApiError) {
     host.send_response(
@@ -788,6 +822,39 @@ categories:
                 "coding"
             ]]
         );
+    }
+
+    #[test]
+    fn a_panic_in_a_hook_is_answered_with_the_routers_500_and_counted() {
+        let mut stream = Stream::new(router());
+        let mut host = FakeHost::request("POST", "/v1/responses", &[]);
+        let flow = guarded_hook(
+            "request_body",
+            &mut stream,
+            &mut host,
+            BodyFlow::Stop,
+            |_, _| panic!("a bug on this request"),
+        );
+        assert_eq!(flow, BodyFlow::Stop);
+        let (status, body) = host.sent.clone().expect("the request is answered");
+        assert_eq!(status, 500);
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "router_error");
+        assert_eq!(body["error"]["type"], "server_error");
+        assert_eq!(host.counted(Counter::Panics), [Vec::<String>::new()]);
+        assert!(host.cluster.is_none() && host.upstream.is_none());
+
+        // Without a panic the hook's own result comes back and nothing is sent.
+        let mut host = FakeHost::request("POST", "/v1/responses", &[]);
+        let flow = guarded_hook(
+            "request_body",
+            &mut stream,
+            &mut host,
+            BodyFlow::Stop,
+            |_, _| BodyFlow::Continue,
+        );
+        assert_eq!(flow, BodyFlow::Continue);
+        assert!(host.sent.is_none() && host.counted(Counter::Panics).is_empty());
     }
 
     #[test]
