@@ -21,7 +21,7 @@ The routers run the shipped routing.yaml with production's one difference (the p
 
 Per target: maximum throughput (oha at fixed concurrency), p50/p99 at fixed rates (oha -q with
 latency correction), a latency-vs-offered-load sweep, and streaming time to first byte (httpx,
-interleaved over the targets). Runs of a/b/c alternate so machine noise hits all alike. Writes
+interleaved over the targets). Runs of a/b/c/d alternate so machine noise hits all alike. Writes
 bench/results/e2e.{json,md} and bench/results/latency_vs_load.png.
 """
 
