@@ -68,7 +68,7 @@ impl Reloader {
             );
         }
         Reloader {
-            stamp: stamp(path),
+            stamp: config::file_stamp(path),
             path: path.to_owned(),
             shared,
             metrics,
@@ -79,7 +79,7 @@ impl Reloader {
     /// table in force is kept when the new file names the same, unchanged model files (the
     /// examples are embedded again either way).
     pub fn reload(&mut self) -> u64 {
-        self.stamp = stamp(&self.path);
+        self.stamp = config::file_stamp(&self.path);
         let in_force = self.shared.current();
         match config::reload_reusing(&self.path, &in_force) {
             Ok(reloaded) => {
@@ -117,35 +117,15 @@ impl Reloader {
     /// Reloads whenever SIGHUP arrives, and every `poll` when the file changed (`None`: SIGHUP
     /// only). Runs until the process ends.
     pub async fn run(mut self, poll: Option<Duration>) {
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!("SIGHUP reload unavailable: {e}");
-                None
-            }
-        };
-        let mut ticker = poll.map(tokio::time::interval);
+        let mut wakeups = Wakeups::new("the routing config", poll);
         loop {
-            let hup = async {
-                match hangup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let tick = async {
-                match ticker.as_mut() {
-                    Some(t) => t.tick().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = hup => {
+            match wakeups.next().await {
+                Wake::Hangup => {
                     tracing::info!("SIGHUP: reloading the routing config");
                     self.reload();
                 }
-                _ = tick => {
-                    if stamp(&self.path) != self.stamp {
+                Wake::Tick => {
+                    if config::file_stamp(&self.path) != self.stamp {
                         self.reload();
                     }
                 }
@@ -154,10 +134,56 @@ impl Reloader {
     }
 }
 
-/// Modification time and size, following symlinks; `None` if the file cannot be read.
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+/// What woke a [`Wakeups`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// SIGHUP: the operator asks for a reload.
+    Hangup,
+    /// The poll interval passed: time to look whether the files changed.
+    Tick,
+}
+
+/// SIGHUP and an optional poll interval as one source of wake-ups, for everything that reloads
+/// files the router read at start (the routing config, the TLS certificates).
+pub struct Wakeups {
+    hangup: Option<tokio::signal::unix::Signal>,
+    ticker: Option<tokio::time::Interval>,
+}
+
+impl Wakeups {
+    /// Wake-ups for reloading `what` (named in the warning when SIGHUP cannot be caught), every
+    /// `poll` (`None`: on SIGHUP only). A poll that falls behind is not caught up in a burst.
+    pub fn new(what: &str, poll: Option<Duration>) -> Self {
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| tracing::warn!("SIGHUP reload of {what} unavailable: {e}"))
+            .ok();
+        let ticker = poll.map(|every| {
+            let mut t = tokio::time::interval(every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        Wakeups { hangup, ticker }
+    }
+
+    /// Waits for the next SIGHUP or poll tick.
+    pub async fn next(&mut self) -> Wake {
+        let hup = async {
+            match self.hangup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let tick = async {
+            match self.ticker.as_mut() {
+                Some(t) => t.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = hup => Wake::Hangup,
+            _ = tick => Wake::Tick,
+        }
+    }
 }
 
 #[cfg(test)]

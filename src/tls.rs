@@ -36,6 +36,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::reload::Wakeups;
 use crate::telemetry::Metrics;
 
 /// A handshake not finished after this long is dropped.
@@ -227,36 +228,9 @@ impl ServerTls {
     /// Reloads on SIGHUP and every `poll` (`None`: SIGHUP only), logging the outcome. Runs until
     /// the process ends.
     pub async fn watch(self: Arc<Self>, poll: Option<Duration>) {
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!("SIGHUP reload of the TLS certificates unavailable: {e}");
-                None
-            }
-        };
-        let mut ticker = poll.map(|every| {
-            let mut t = tokio::time::interval(every);
-            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            t
-        });
+        let mut wakeups = Wakeups::new("the TLS certificates", poll);
         loop {
-            let hup = async {
-                match hangup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let tick = async {
-                match ticker.as_mut() {
-                    Some(t) => t.tick().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = hup => {}
-                _ = tick => {}
-            }
+            wakeups.next().await;
             match self.reload() {
                 Ok(true) => tracing::info!(
                     cert = %self.files.cert.display(),

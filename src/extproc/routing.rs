@@ -10,7 +10,7 @@ use responses_router_core::affinity::Location;
 use responses_router_core::config::RoutingTable;
 use responses_router_core::learn::{Capture, Format, IdCapture};
 use responses_router_core::routing::headers::{self, HeaderChanges, SKIP_OBSERVER_HEADER};
-use responses_router_core::routing::{self, Decision, Expect, RequestHead};
+use responses_router_core::routing::{self, Decision, Expect, RequestHead, ResponseWatch};
 use responses_router_core::{ApiError, RequestKind};
 
 use super::driver::{
@@ -45,15 +45,9 @@ pub struct RoutingHooks {
 enum Learning {
     /// Nothing (more) to watch.
     Off,
-    /// Waiting for the response headers of a request routed to `routed_cluster`: to learn the id
-    /// it creates (`learn`), to tell the client the decision (`decision_headers`), and to notice
-    /// when it was served by another host than `pinned_host`.
-    AwaitingResponse {
-        routed_cluster: String,
-        pinned_host: Option<String>,
-        learn: bool,
-        decision_headers: HeaderChanges,
-    },
+    /// Waiting for the response headers: to learn the id the response creates, to tell the
+    /// client the decision, and to notice a pinned request served by another host.
+    AwaitingResponse(ResponseWatch),
     /// A 2xx JSON response from `location`: its buffered body holds the id.
     Capturing {
         location: Location,
@@ -105,24 +99,12 @@ impl RoutingHooks {
             category = decision.category().unwrap_or_default(),
             "routed"
         );
-        let watch = match decision.watch {
-            routing::Watch::Response {
-                learn,
-                decision_headers,
-            } => {
-                self.learning = Learning::AwaitingResponse {
-                    routed_cluster: decision.target.cluster.clone(),
-                    pinned_host: decision.target.host.clone(),
-                    learn: learn.is_some(),
-                    decision_headers: if decision_headers {
-                        headers::response_headers(decision)
-                    } else {
-                        HeaderChanges::default()
-                    },
-                };
+        let watch = match ResponseWatch::of(decision) {
+            Some(watching) => {
+                self.learning = Learning::AwaitingResponse(watching);
                 Watch::Response
             }
-            routing::Watch::Nothing => Watch::Nothing,
+            None => Watch::Nothing,
         };
         let mut changes = headers::request_headers(decision, self.declared_length);
         // Only a stream that creates state needs the observer filter: every other request skips it.
@@ -137,7 +119,7 @@ impl RoutingHooks {
     fn learn_from(
         &mut self,
         headers: &Headers<'_>,
-        routed_cluster: String,
+        watching: ResponseWatch,
         served_by: Option<String>,
     ) -> Option<BodyMode> {
         match Format::of_response(
@@ -146,12 +128,7 @@ impl RoutingHooks {
             headers.get("content-encoding"),
         ) {
             Some(Format::Json) => {
-                let location = Location {
-                    cluster: headers
-                        .attribute("xds.cluster_name")
-                        .unwrap_or(routed_cluster),
-                    host: served_by,
-                };
+                let location = watching.location(headers.attribute("xds.cluster_name"), served_by);
                 self.learning = Learning::Capturing {
                     location,
                     capture: IdCapture::new(Format::Json),
@@ -252,25 +229,22 @@ impl Hooks for RoutingHooks {
     /// state-creating request, asks Envoy for its body (held until the id is recorded). Anything
     /// else (errors, SSE, compressed bodies) passes untouched.
     async fn on_response_headers(&mut self, headers: &Headers<'_>) -> OnResponseHeaders {
-        let Learning::AwaitingResponse {
-            routed_cluster,
-            pinned_host,
-            learn,
-            decision_headers,
-        } = std::mem::replace(&mut self.learning, Learning::Off)
+        let Learning::AwaitingResponse(mut watching) =
+            std::mem::replace(&mut self.learning, Learning::Off)
         else {
             return OnResponseHeaders::done();
         };
         let served_by = headers.attribute("upstream.address");
-        if pinned_host.is_some() && served_by.is_some() && pinned_host != served_by {
-            // Envoy could not use the pinned host (gone or unhealthy) and load-balanced instead.
-            tracing::debug!(pinned = ?pinned_host, served = ?served_by, "pinned host not used");
+        if watching.moved_host(served_by.as_deref()) {
+            let pinned = &watching.pinned_host;
+            tracing::debug!(?pinned, served = ?served_by, "pinned host not used");
             self.metrics.moved_host();
         }
-        let body = if !learn || headers.end_of_stream {
+        let decision_headers = std::mem::take(&mut watching.decision_headers);
+        let body = if !watching.learn || headers.end_of_stream {
             None
         } else {
-            self.learn_from(headers, routed_cluster, served_by)
+            self.learn_from(headers, watching, served_by)
         };
         OnResponseHeaders {
             headers: decision_headers,

@@ -26,8 +26,8 @@ use std::time::Instant;
 use responses_router_core::affinity::Location;
 use responses_router_core::config::RoutingTable;
 use responses_router_core::learn::{Capture, Format, IdCapture};
-use responses_router_core::routing::headers::{self, HeaderChanges, ROUTING_HEADERS};
-use responses_router_core::routing::{self, Decision, RequestHead, Watch};
+use responses_router_core::routing::headers::{self, ROUTING_HEADERS};
+use responses_router_core::routing::{self, Decision, RequestHead, ResponseWatch};
 use responses_router_core::{ApiError, RequestKind};
 
 use crate::host::{Counter, Histogram, Host, Resumer};
@@ -73,14 +73,6 @@ struct AwaitingBody {
     declared_length: bool,
 }
 
-/// What the response must be watched for.
-struct Watching {
-    routed_cluster: String,
-    pinned_host: Option<String>,
-    learn: bool,
-    decision_headers: HeaderChanges,
-}
-
 /// A request waiting for the shared store to say where its state lives.
 struct LookingUp {
     kind: RequestKind,
@@ -97,7 +89,7 @@ pub struct Stream {
     request_id: String,
     awaiting: Option<AwaitingBody>,
     looking_up: Option<LookingUp>,
-    watching: Option<Watching>,
+    watching: Option<ResponseWatch>,
     capture: Option<(Location, IdCapture)>,
     /// The learned id's write to the shared store, once started.
     sharing: Option<Sharing>,
@@ -277,11 +269,7 @@ impl Stream {
             return HeadersFlow::Continue;
         };
         let served_by = host.upstream_address();
-        if watching.pinned_host.is_some()
-            && served_by.is_some()
-            && watching.pinned_host != served_by
-        {
-            // Envoy could not use the pinned host (gone or unhealthy) and load-balanced instead.
+        if watching.moved_host(served_by.as_deref()) {
             host.increment(Counter::Affinity, &["moved_host"]);
         }
         for (name, value) in &watching.decision_headers.set {
@@ -297,10 +285,7 @@ impl Stream {
                 host.response_header("content-encoding").as_deref(),
             );
             if let Some(format) = format {
-                let location = Location {
-                    cluster: host.upstream_cluster().unwrap_or(watching.routed_cluster),
-                    host: served_by,
-                };
+                let location = watching.location(host.upstream_cluster(), served_by);
                 self.capture = Some((location, IdCapture::new(format)));
             }
         }
@@ -497,22 +482,7 @@ impl Stream {
                 self.request_id
             )
         });
-        self.watching = match decision.watch {
-            Watch::Response {
-                learn,
-                decision_headers,
-            } => Some(Watching {
-                routed_cluster: decision.target.cluster.clone(),
-                pinned_host: decision.target.host.clone(),
-                learn: learn.is_some(),
-                decision_headers: if decision_headers {
-                    headers::response_headers(decision)
-                } else {
-                    HeaderChanges::default()
-                },
-            }),
-            Watch::Nothing => None,
-        };
+        self.watching = ResponseWatch::of(decision);
     }
 
     /// Answers with an OpenAI-style error; nothing reaches an upstream.

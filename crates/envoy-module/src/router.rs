@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use responses_router_core::affinity::{AffinityStore, MemoryStore, NoStore};
 use responses_router_core::config::{self, Compiled, RoutingTable};
@@ -206,11 +206,7 @@ impl Router {
 /// Kubernetes ConfigMap swaps a symlink, which `metadata()` follows). Ends when the router is
 /// dropped or stopped; it never blocks a worker.
 fn spawn_reloader(router: Weak<Router>, path: PathBuf, poll: Duration) {
-    let stamp = |p: &Path| {
-        let meta = std::fs::metadata(p).ok()?;
-        Some((meta.modified().ok()?, meta.len()))
-    };
-    let mut seen: Option<(SystemTime, u64)> = stamp(&path);
+    let mut seen = config::file_stamp(&path);
     let spawned = std::thread::Builder::new()
         .name("responses-router-reload".to_owned())
         .spawn(move || {
@@ -229,7 +225,7 @@ fn spawn_reloader(router: Weak<Router>, path: PathBuf, poll: Duration) {
                     continue;
                 }
                 waited = Duration::ZERO;
-                let now = stamp(&path);
+                let now = config::file_stamp(&path);
                 if now == seen {
                     continue;
                 }

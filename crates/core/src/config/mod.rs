@@ -96,6 +96,13 @@ pub fn reload(path: &Path, in_force: &Settings) -> Result<Reloaded, ConfigError>
     )
 }
 
+/// What a reloader compares to notice that a routing file changed: its modification time and
+/// size, following symlinks (a Kubernetes ConfigMap swaps one); `None` if it cannot be read.
+pub fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
 /// Like [`reload`], against the table in force: its settings, and its embedding model, which the
 /// new table shares when the file names the same model files, unchanged (same paths, inodes,
 /// sizes, modification times). The examples are embedded again either way.

@@ -18,6 +18,7 @@
 mod decision;
 pub mod headers;
 mod models;
+mod response;
 
 pub use decision::{
     AffinityOutcome, CategoryScore, Decision, Expect, Explanation, HashCause, ModelChoice,
@@ -25,6 +26,7 @@ pub use decision::{
 };
 
 pub use models::{LocalReply, answer_locally};
+pub use response::ResponseWatch;
 
 use crate::affinity::{AffinityStore, Candidate, Location, rendezvous};
 use crate::classify::Classifier;
