@@ -36,7 +36,7 @@ impl Format {
         content_encoding: Option<&str>,
     ) -> Option<Format> {
         let ok = status.is_some_and(|s| s.starts_with('2'));
-        let encoded = content_encoding.is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
+        let encoded = content_encoding.is_some_and(|e| !crate::openai::is_identity_encoding(e));
         if !ok || encoded {
             return None;
         }
@@ -253,6 +253,22 @@ mod tests {
         );
         assert_eq!(of(Some("200"), Some("text/plain"), None), None);
         assert_eq!(of(None, Some("application/json"), None), None);
+        // The same reading of `content-encoding` as for requests: only identity codings are plain.
+        for plain in ["", "IDENTITY", "identity, identity"] {
+            assert_eq!(
+                of(Some("200"), Some("application/json"), Some(plain)),
+                Some(Format::Json),
+                "{plain:?}"
+            );
+        }
+        assert_eq!(
+            of(
+                Some("200"),
+                Some("application/json"),
+                Some("identity, gzip")
+            ),
+            None
+        );
     }
 
     #[test]

@@ -18,3 +18,12 @@ pub mod turns;
 pub use body::{ParsedBody, StateRef};
 pub use error::{ApiError, ErrorKind};
 pub use paths::RequestKind;
+
+/// Whether a `content-encoding` value leaves a body as it is: empty or only `identity` codings
+/// (a list such as `gzip, identity` still compresses). Requests and responses alike.
+pub(crate) fn is_identity_encoding(value: &str) -> bool {
+    value
+        .split(',')
+        .map(str::trim)
+        .all(|c| c.is_empty() || c.eq_ignore_ascii_case("identity"))
+}

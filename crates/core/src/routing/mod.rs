@@ -53,7 +53,10 @@ pub fn check_head(
     if !kind.needs_body() {
         return Ok(());
     }
-    if let Some(encoding) = head.content_encoding.filter(|e| !is_identity_encoding(e)) {
+    if let Some(encoding) = head
+        .content_encoding
+        .filter(|e| !crate::openai::is_identity_encoding(e))
+    {
         // The route depends on the body's text: a compressed body would be parsed as garbage
         // (or, in a bad case, forwarded with `model: "auto"` unrouted). Refuse it up front.
         return Err(ApiError::unsupported_content_encoding(encoding));
@@ -65,15 +68,6 @@ pub fn check_head(
         return Err(ApiError::body_too_large(table.max_body_bytes()));
     }
     Ok(())
-}
-
-/// Whether a request `content-encoding` leaves the body as sent: empty or only `identity` codings
-/// (a list such as `gzip, identity` still compresses).
-fn is_identity_encoding(value: &str) -> bool {
-    value
-        .split(',')
-        .map(str::trim)
-        .all(|c| c.is_empty() || c.eq_ignore_ascii_case("identity"))
 }
 
 /// The response to a request of `kind` must be watched to learn where its new state lives.
@@ -842,7 +836,7 @@ categories:
     #[test]
     fn only_identity_codings_leave_the_body_readable() {
         for v in ["", "identity", "IDENTITY", " identity , identity"] {
-            assert!(is_identity_encoding(v), "{v:?}");
+            assert!(crate::openai::is_identity_encoding(v), "{v:?}");
         }
         for v in [
             "gzip",
@@ -854,7 +848,7 @@ categories:
             "identity,br",
             "x",
         ] {
-            assert!(!is_identity_encoding(v), "{v:?}");
+            assert!(!crate::openai::is_identity_encoding(v), "{v:?}");
         }
     }
 }
