@@ -346,13 +346,23 @@ impl TokenEncoder {
                 fresh.push((Box::<str>::from(chunk.as_ref()), chunk_ids));
             }
         }
-        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-        for (chunk, chunk_ids) in fresh.into_iter().chain(promoted) {
-            if cache.young.len() >= CACHE_GENERATION {
-                cache.old = std::mem::take(&mut cache.young);
-            }
-            cache.young.insert(chunk, chunk_ids);
+        if fresh.is_empty() && promoted.is_empty() {
+            // Only chunks too long to cache were missing: nothing to write.
+            return Ok(());
         }
+        // A retired generation is freed after the lock is released, not while others wait.
+        let mut retired = Vec::new();
+        {
+            let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+            for (chunk, chunk_ids) in fresh.into_iter().chain(promoted) {
+                if cache.young.len() >= CACHE_GENERATION {
+                    let young = std::mem::take(&mut cache.young);
+                    retired.push(std::mem::replace(&mut cache.old, young));
+                }
+                cache.young.insert(chunk, chunk_ids);
+            }
+        }
+        drop(retired);
         Ok(())
     }
 
