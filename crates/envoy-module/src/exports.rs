@@ -353,10 +353,22 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
-    _envoy: HttpFilterEnvoyPtr,
-    _module: HttpFilterModulePtr,
+    envoy: HttpFilterEnvoyPtr,
+    module: HttpFilterModulePtr,
 ) -> abi::TrailersStatus {
-    abi::TRAILERS_CONTINUE
+    // SAFETY: Envoy's pointers for this hook.
+    unsafe {
+        response_hook(
+            "response_trailers",
+            envoy,
+            module,
+            abi::TRAILERS_CONTINUE,
+            |stream, _| match stream.on_response_trailers() {
+                HeadersFlow::Continue => abi::TRAILERS_CONTINUE,
+                HeadersFlow::Stop => abi::TRAILERS_STOP_ITERATION,
+            },
+        )
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -377,23 +389,24 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(module: Htt
 }
 
 /// Work finished on another thread (the shared store) resumes its stream here, on its worker.
-/// A panic while finishing a request answers it with the router's 500.
+/// A panic while finishing a request answers it with the router's 500; one while releasing an
+/// answer is logged and counted, as in the other response hooks (the answer is already on its
+/// way: a local reply cannot replace it).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
     envoy: HttpFilterEnvoyPtr,
     module: HttpFilterModulePtr,
     event_id: u64,
 ) {
+    let on_scheduled =
+        |stream: &mut Stream, host: &mut EnvoyHost<'_>| stream.on_scheduled(host, event_id);
     // SAFETY: Envoy's pointers for this hook.
     unsafe {
-        request_hook(
-            "scheduled",
-            envoy,
-            module,
-            Hook::Other,
-            (),
-            |stream, host| stream.on_scheduled(host, event_id),
-        )
+        if event_id == filter::EVENT_RECORDED {
+            response_hook("scheduled", envoy, module, (), on_scheduled)
+        } else {
+            request_hook("scheduled", envoy, module, Hook::Other, (), on_scheduled)
+        }
     }
 }
 

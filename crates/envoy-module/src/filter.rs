@@ -213,6 +213,11 @@ impl Stream {
     }
 
     pub fn on_request_body(&mut self, host: &mut impl Host, end_of_stream: bool) -> BodyFlow {
+        if self.looking_up.is_some() {
+            // Decided on the headers but waiting for the shared store: the request (and the body
+            // it carries anyway) is held until `on_scheduled` lets it go, never sent undecided.
+            return BodyFlow::Buffer;
+        }
         if self.awaiting.is_none() {
             return BodyFlow::Continue;
         }
@@ -246,8 +251,12 @@ impl Stream {
         flow
     }
 
-    /// Trailers while the body is awaited are refused, as the ext_proc form refuses them.
+    /// Trailers while the body is awaited are refused, as the ext_proc form refuses them; while
+    /// the shared store is asked, they wait with the rest of the request.
     pub fn on_request_trailers(&mut self, host: &mut impl Host) -> HeadersFlow {
+        if self.looking_up.is_some() {
+            return HeadersFlow::Stop;
+        }
         if self.awaiting.take().is_none() {
             return HeadersFlow::Continue;
         }
@@ -342,6 +351,16 @@ impl Stream {
             }),
         );
         self.sharing = Some(Sharing { written, sse });
+    }
+
+    /// Response trailers wait while the answer is held for its id's shared write (a JSON answer
+    /// with trailers); the write's completion lets them go with the rest.
+    pub fn on_response_trailers(&self) -> HeadersFlow {
+        if self.holding {
+            HeadersFlow::Stop
+        } else {
+            HeadersFlow::Continue
+        }
     }
 
     /// Finishes what waited for another thread: a decision waiting for the shared store's lookup,
@@ -968,6 +987,11 @@ categories:
             BodyFlow::Buffer,
             "the last chunk waits for the shared write"
         );
+        assert_eq!(
+            stream.on_response_trailers(),
+            HeadersFlow::Stop,
+            "trailers wait with it"
+        );
         remote.finish_records();
         let events = host
             .resumer
@@ -980,6 +1004,7 @@ categories:
         assert_eq!(events, [EVENT_RECORDED]);
         stream.on_scheduled(&mut host, EVENT_RECORDED);
         assert!(host.continued_response);
+        assert_eq!(stream.on_response_trailers(), HeadersFlow::Continue);
 
         // The other Envoy has never seen resp_9: its request waits for the shared store...
         let mut stream = Stream::new(Arc::clone(&b));
@@ -1020,6 +1045,32 @@ categories:
         drop(stream);
         remote.answer_lookups();
         assert!(resumer.events.lock().unwrap().is_empty());
+    }
+
+    /// A request decided on its headers (its kind needs no body) that still carries one: while the
+    /// shared store is asked, neither its body nor its trailers may let it go undecided.
+    #[test]
+    fn a_body_that_arrives_during_the_lookup_is_held_with_the_request() {
+        let remote = Arc::new(FakeRemote::default());
+        let mut router = router();
+        router.set_remote(Arc::clone(&remote) as Arc<dyn Remote>);
+        let mut stream = Stream::new(router);
+        let mut host = FakeHost::request("POST", "/v1/conversations/conv_1/items", &[]);
+        assert_eq!(
+            stream.on_request_headers(&mut host, false),
+            HeadersFlow::Stop
+        );
+        host.received = br#"{"items":[]}"#.to_vec();
+        assert_eq!(stream.on_request_body(&mut host, false), BodyFlow::Buffer);
+        assert_eq!(stream.on_request_trailers(&mut host), HeadersFlow::Stop);
+        assert!(host.sent.is_none(), "held, not refused");
+        assert!(!host.route_cleared && !host.continued_request);
+        remote.answer_lookups();
+        stream.on_scheduled(&mut host, EVENT_LOOKED_UP);
+        assert!(host.continued_request && host.route_cleared);
+        assert_eq!(host.request["x-router-reason"], "hash");
+        // Decided: whatever body is left passes.
+        assert_eq!(stream.on_request_body(&mut host, true), BodyFlow::Continue);
     }
 
     /// A stream answered by `a` sharing through `remote`, with response headers of `content_type`.
