@@ -115,22 +115,37 @@ impl Reloader {
     }
 
     /// Reloads whenever SIGHUP arrives, and every `poll` when the file changed (`None`: SIGHUP
-    /// only). Runs until the process ends.
+    /// only). Runs until the process ends. A reload reads files, embeds the examples and may load
+    /// a model (a tenth of a second): it runs on a blocking thread, never on the workers that
+    /// serve Envoy's streams.
     pub async fn run(mut self, poll: Option<Duration>) {
         let mut wakeups = Wakeups::new("the routing config", poll);
         loop {
-            match wakeups.next().await {
+            let wanted = match wakeups.next().await {
                 Wake::Hangup => {
                     tracing::info!("SIGHUP: reloading the routing config");
+                    true
+                }
+                Wake::Tick => config::file_stamp(&self.path) != self.stamp,
+            };
+            if wanted {
+                self = off_the_workers(move || {
                     self.reload();
-                }
-                Wake::Tick => {
-                    if config::file_stamp(&self.path) != self.stamp {
-                        self.reload();
-                    }
-                }
+                    self
+                })
+                .await;
             }
         }
+    }
+}
+
+/// Runs blocking `work` on tokio's blocking pool and returns its result (a panic in it goes on
+/// in the caller; a runtime shutting down never returns).
+pub async fn off_the_workers<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => std::future::pending().await,
     }
 }
 

@@ -36,7 +36,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::reload::Wakeups;
+use crate::reload::{Wakeups, off_the_workers};
 use crate::telemetry::Metrics;
 
 /// A handshake not finished after this long is dropped.
@@ -231,7 +231,9 @@ impl ServerTls {
         let mut wakeups = Wakeups::new("the TLS certificates", poll);
         loop {
             wakeups.next().await;
-            match self.reload() {
+            // File reads and a rustls config build: off the workers that serve connections.
+            let tls = Arc::clone(&self);
+            match off_the_workers(move || tls.reload()).await {
                 Ok(true) => tracing::info!(
                     cert = %self.files.cert.display(),
                     "TLS certificates reloaded: new connections use them"
