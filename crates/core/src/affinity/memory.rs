@@ -138,19 +138,7 @@ impl MemoryStore {
 
     /// Synchronous lookup (the store never waits on I/O).
     pub fn get(&self, id: &str) -> Option<Location> {
-        let key = key_of(id);
-        let slot = lock(self.shard(key)).get(key)?;
-        if slot.expires <= self.now() {
-            return None;
-        }
-        let names = lock(&self.names);
-        Some(Location {
-            cluster: names.clusters.get(usize::from(slot.cluster))?.clone(),
-            host: slot
-                .host
-                .checked_sub(1)
-                .and_then(|h| names.hosts.get(h as usize).cloned()),
-        })
+        self.entry(id_key(id)).map(|entry| entry.location)
     }
 
     /// The live entry kept under `key` ([`id_key`] of its id), with its time left.
@@ -242,7 +230,7 @@ impl MemoryStore {
         };
         let now = self.now();
         let ttl = u32::try_from(self.ttl.as_secs()).unwrap_or(u32::MAX);
-        let key = key_of(id);
+        let key = id_key(id);
         lock(self.shard(key)).put(
             Slot {
                 key: split(key),
@@ -358,10 +346,6 @@ impl Interner {
 /// key their entries by it too, because a replay from memory has only the key, not the id.
 pub fn id_key(id: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(id.as_bytes())
-}
-
-fn key_of(id: &str) -> u128 {
-    id_key(id)
 }
 
 fn split(key: u128) -> [u32; 4] {

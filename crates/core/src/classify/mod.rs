@@ -57,15 +57,19 @@ pub struct CategoryClassifier {
     rules: RulesClassifier,
     semantic: Option<Semantic>,
     rule_weight: f32,
+    /// Each category's `min_score`, in category order (for [`combine`]).
+    min_scores: Vec<u32>,
 }
 
 impl CategoryClassifier {
     /// `semantic` must cover the same categories as `rules`, in the same order.
     pub fn new(rules: RulesClassifier, semantic: Option<Semantic>, rule_weight: f32) -> Self {
+        let min_scores = rules.categories().iter().map(|c| c.min_score).collect();
         CategoryClassifier {
             rules,
             semantic,
             rule_weight,
+            min_scores,
         }
     }
 
@@ -85,6 +89,7 @@ impl CategoryClassifier {
     }
 
     /// The weight of normalised rule points in the combined score.
+    #[cfg(test)]
     pub fn rule_weight(&self) -> f32 {
         self.rule_weight
     }
@@ -97,10 +102,9 @@ impl Classifier for CategoryClassifier {
             return rules;
         };
         let similarities = semantic.similarities(text);
-        let min_scores: Vec<u32> = self.categories().iter().map(|c| c.min_score).collect();
         let (winner, combined) = combine(
             &rules.scores,
-            &min_scores,
+            &self.min_scores,
             &similarities,
             semantic.thresholds(),
             self.rule_weight,
@@ -115,7 +119,7 @@ impl Classifier for CategoryClassifier {
 }
 
 /// The combined decision (module docs), on plain numbers: the winner and each combined score.
-pub fn combine(
+fn combine(
     points: &[u32],
     min_score: &[u32],
     similarity: &[Option<f32>],

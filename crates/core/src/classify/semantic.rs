@@ -163,6 +163,7 @@ impl Semantic {
     }
 
     /// Whether category `index` has a prototype (examples or keywords with meaning).
+    #[cfg(test)]
     pub fn has_prototype(&self, index: usize) -> bool {
         self.prototypes.get(index).is_some_and(Option::is_some)
     }
@@ -190,8 +191,11 @@ fn similarity(center: f32, points: &[f32]) -> f32 {
             best[i] = s;
         }
     }
-    let kept: Vec<f32> = best.into_iter().filter(|s| s.is_finite()).collect();
-    let nearest = kept.iter().sum::<f32>() / kept.len() as f32;
+    let (sum, kept) = best
+        .into_iter()
+        .filter(|s| s.is_finite())
+        .fold((0.0, 0u16), |(sum, n), s| (sum + s, n + 1));
+    let nearest = sum / f32::from(kept);
     (center + NEAREST_WEIGHT * nearest) / (1.0 + NEAREST_WEIGHT)
 }
 

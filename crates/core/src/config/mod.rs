@@ -83,19 +83,6 @@ fn file(path: &Path) -> config::File<config::FileSourceFile, config::FileFormat>
     config::File::from(path).format(config::FileFormat::Yaml)
 }
 
-/// Loads the routing YAML file again and compiles its routes against the settings in force (the
-/// embedding model, if any, is read afresh; see [`reload_reusing`]).
-pub fn reload(path: &Path, in_force: &Settings) -> Result<Reloaded, ConfigError> {
-    reload_with(
-        path,
-        in_force,
-        ModelContext {
-            base_dir: path.parent(),
-            previous: None,
-        },
-    )
-}
-
 /// What a reloader compares to notice that a routing file changed: its modification time and
 /// size, following symlinks (a Kubernetes ConfigMap swaps one); `None` if it cannot be read.
 pub fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
@@ -103,9 +90,10 @@ pub fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-/// Like [`reload`], against the table in force: its settings, and its embedding model, which the
-/// new table shares when the file names the same model files, unchanged (same paths, inodes,
-/// sizes, modification times). The examples are embedded again either way.
+/// Loads the routing YAML file again and compiles its routes against the table in force: its
+/// settings (startup settings the file changes are named, not applied), and its embedding model,
+/// which the new table shares when the file names the same model files, unchanged (same paths,
+/// inodes, sizes, modification times). The examples are embedded again either way.
 pub fn reload_reusing(path: &Path, in_force: &RoutingTable) -> Result<Reloaded, ConfigError> {
     reload_with(
         path,
@@ -308,21 +296,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("routing.yaml");
         std::fs::write(&path, YAML).unwrap();
-        let in_force = load(&path).unwrap().settings;
+        let in_force = load(&path).unwrap().table;
         std::fs::write(
             &path,
             format!("{YAML}max_body_bytes: 64\naffinity: {{ capacity: 5 }}\n"),
         )
         .unwrap();
-        let reloaded = reload(&path, &in_force).unwrap();
+        let reloaded = reload_reusing(&path, &in_force).unwrap();
         assert_eq!(
             reloaded.needs_restart,
             ["max_body_bytes", "affinity.capacity"]
         );
-        assert_eq!(reloaded.table.max_body_bytes(), in_force.max_body_bytes);
+        assert_eq!(reloaded.table.max_body_bytes(), in_force.max_body_bytes());
         std::fs::write(&path, format!("{YAML}max_body_bytes: 0\n")).unwrap();
         assert!(
-            matches!(reload(&path, &in_force), Err(ConfigError::Invalid(_))),
+            matches!(
+                reload_reusing(&path, &in_force),
+                Err(ConfigError::Invalid(_))
+            ),
             "invalid startup settings are rejected on reload too"
         );
     }

@@ -376,12 +376,7 @@ fn place_by_state(
             return Ok((target, Placement::Pinned(state.clone()), model));
         }
     };
-    let idx = rendezvous(state.id(), candidates)
-        .ok_or_else(|| ApiError::no_upstream("no cluster is configured for this request"))?;
-    let target = Target {
-        cluster: candidates[idx].name.to_owned(),
-        host: None,
-    };
+    let target = spread(candidates, state.id())?;
     Ok((target, Placement::Hashed(state.clone(), cause), model))
 }
 
@@ -417,9 +412,10 @@ fn keep_a_served_model(
     }))
 }
 
-/// Spreads a stateless request over weighted candidates, keyed by its request id.
-fn spread(candidates: &[Candidate<'_>], request_id: &str) -> Result<Target, ApiError> {
-    rendezvous(request_id, candidates)
+/// Spreads requests over weighted candidates by `key`: a stateless request's id, or a state id
+/// the store does not know (so every replica hashes it alike).
+fn spread(candidates: &[Candidate<'_>], key: &str) -> Result<Target, ApiError> {
+    rendezvous(key, candidates)
         .map(|i| Target {
             cluster: candidates[i].name.to_owned(),
             host: None,
