@@ -3,8 +3,8 @@
 //!
 //! Loading yields the startup [`Settings`] and a [`RoutingTable`], the compiled form the decision
 //! reads. A table is immutable; a reload compiles a new one against the settings in force
-//! ([`reload`]), so a request never sees half a config and a limit never changes under a running
-//! process.
+//! ([`reload_reusing`]), so a request never sees half a config and a limit never changes under a
+//! running process.
 
 mod schema;
 mod table;
