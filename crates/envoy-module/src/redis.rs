@@ -98,12 +98,13 @@ impl Remote for RedisRemote {
             .spawn(async move { done(store.lookup(&id).await) });
     }
 
+    /// The worker has put the id in memory already (`AffinityStore::record`): only Redis is left.
     fn record(&self, id: &str, location: &Location, done: Done<()>) {
         let store = Arc::clone(&self.store);
         let id = id.to_owned();
         let location = location.clone();
         self.runtime.spawn(async move {
-            store.record(&id, location).await;
+            store.share(&id, &location).await;
             done(());
         });
     }
@@ -184,6 +185,8 @@ mod tests {
             started.elapsed()
         );
 
+        // As the filter learns: memory on the worker first, then the shared write.
+        AffinityStore::record(remote.as_ref(), "resp_new", &here);
         let (tx, rx) = mpsc::channel();
         Remote::record(
             remote.as_ref(),
@@ -195,7 +198,7 @@ mod tests {
         );
         rx.recv_timeout(Duration::from_secs(5))
             .expect("the write gives up and calls back");
-        // Queued for when Redis answers, and known in memory at once.
+        // Queued for when Redis answers, and known in memory meanwhile.
         assert_eq!(
             AffinityStore::lookup(remote.as_ref(), "resp_new"),
             Some(here)

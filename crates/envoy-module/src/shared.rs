@@ -14,6 +14,7 @@ pub trait Remote: Send + Sync {
     /// answer within its budget).
     fn lookup(&self, id: &str, done: Done<Option<Location>>);
 
-    /// Records where `id` was served; `done` runs once the write finished or gave up.
+    /// Shares where `id` was served (the caller has put it in its own memory already); `done`
+    /// runs once the write finished or gave up.
     fn record(&self, id: &str, location: &Location, done: Done<()>);
 }

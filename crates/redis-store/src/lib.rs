@@ -213,8 +213,14 @@ impl SharedStore {
     /// Records where `id` was served: in memory, and in Redis (≤ the command budget) or, when
     /// that part of Redis does not answer, in the write-behind queue.
     pub async fn record(&self, id: &str, location: Location) {
+        self.inner.local.put(id, &location);
+        self.share(id, &location).await;
+    }
+
+    /// Shares where `id` was served, for a caller that has already put it in this store's memory
+    /// (the Envoy module does on its worker thread): Redis, or the write-behind queue.
+    pub async fn share(&self, id: &str, location: &Location) {
         let inner = &self.inner;
-        inner.local.put(id, &location);
         let key = id_key(id);
         let redis_key = keys::redis_key(&inner.prefix, key);
         let range = inner.range(&redis_key);
@@ -224,7 +230,7 @@ impl SharedStore {
         }
         let mut set = redis::cmd("SET");
         set.arg(&redis_key)
-            .arg(keys::encode(&location))
+            .arg(keys::encode(location))
             .arg("EX")
             .arg(inner.ttl_seconds);
         if inner.request::<()>(&redis_key, &set).await.is_none() {
