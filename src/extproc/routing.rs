@@ -9,7 +9,7 @@ use std::sync::Arc;
 use responses_router_core::affinity::Location;
 use responses_router_core::config::RoutingTable;
 use responses_router_core::learn::{Capture, Format, IdCapture};
-use responses_router_core::routing::headers::{self, HeaderChanges, SKIP_OBSERVER_HEADER};
+use responses_router_core::routing::headers::{self, HeaderChanges, PinBy, SKIP_OBSERVER_HEADER};
 use responses_router_core::routing::{self, Decision, Expect, RequestHead, ResponseWatch};
 use responses_router_core::{ApiError, RequestKind};
 
@@ -106,7 +106,8 @@ impl RoutingHooks {
             }
             None => Watch::Nothing,
         };
-        let mut changes = headers::request_headers(decision, self.declared_length);
+        let mut changes =
+            headers::request_headers(decision, self.declared_length, PinBy::SessionHeader);
         // Only a stream that creates state needs the observer filter: every other request skips it.
         let observe = decision.learns() == Some(Expect::Stream);
         changes.set_or_remove(SKIP_OBSERVER_HEADER, (!observe).then(|| "1".to_owned()));

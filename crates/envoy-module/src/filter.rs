@@ -26,7 +26,7 @@ use std::time::Instant;
 use responses_router_core::affinity::Location;
 use responses_router_core::config::RoutingTable;
 use responses_router_core::learn::{Capture, Format, IdCapture};
-use responses_router_core::routing::headers::{self, ROUTING_HEADERS};
+use responses_router_core::routing::headers::{self, PinBy, ROUTING_HEADERS};
 use responses_router_core::routing::{self, Decision, RequestHead, ResponseWatch};
 use responses_router_core::{ApiError, RequestKind};
 
@@ -461,7 +461,7 @@ impl Stream {
     fn carry_out(&mut self, host: &mut impl Host, decision: &Decision, declared_length: bool) {
         // The routing headers were all removed on arrival: they are added (nothing to look for,
         // nothing to remove), the others set.
-        let changes = headers::request_headers(decision, declared_length);
+        let changes = headers::request_headers(decision, declared_length, PinBy::OverrideHost);
         debug_assert!(changes.remove.iter().all(|h| ROUTING_HEADERS.contains(h)));
         for (name, value) in &changes.set {
             if ROUTING_HEADERS.contains(name) {
@@ -1033,6 +1033,10 @@ categories:
         assert!(host.continued_request);
         assert_eq!(host.request["x-router-reason"], "affinity");
         assert_eq!(host.override_host.as_deref(), Some("10.0.0.7:8000"));
+        assert!(
+            !host.request.contains_key(headers::SESSION_HOST_HEADER),
+            "pinned by Envoy's override host: no header carries the address upstream"
+        );
         assert!(b.store().lookup("resp_9").is_some());
         // A stream that ends first is never woken.
         let mut stream = Stream::new(Arc::clone(&b));

@@ -72,11 +72,21 @@ impl HeaderChanges {
     }
 }
 
+/// How a front-end pins a request to one host of its cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinBy {
+    /// Envoy's `stateful_session` filter reads the host from [`SESSION_HOST_HEADER`] (the
+    /// ext_proc form).
+    SessionHeader,
+    /// The filter sets Envoy's upstream override host itself (the module): no header carries it.
+    OverrideHost,
+}
+
 /// The header changes that carry `decision` upstream: the routing headers (set or removed), a
 /// corrected `content-length` when the body was rewritten and the request declared one, and for
 /// requests that create state `accept-encoding: identity`, so the answer the router learns from is
 /// never compressed. The ext_proc form adds [`SKIP_OBSERVER_HEADER`] itself.
-pub fn request_headers(decision: &Decision, declared_length: bool) -> HeaderChanges {
+pub fn request_headers(decision: &Decision, declared_length: bool, pin: PinBy) -> HeaderChanges {
     use base64::Engine as _;
     let mut changes = HeaderChanges {
         set: vec![
@@ -85,11 +95,14 @@ pub fn request_headers(decision: &Decision, declared_length: bool) -> HeaderChan
         ],
         remove: Vec::new(),
     };
-    let session_host = decision
-        .target
-        .host
-        .as_deref()
-        .map(|h| base64::engine::general_purpose::STANDARD.encode(h));
+    let session_host = match pin {
+        PinBy::SessionHeader => decision
+            .target
+            .host
+            .as_deref()
+            .map(|h| base64::engine::general_purpose::STANDARD.encode(h)),
+        PinBy::OverrideHost => None,
+    };
     changes.set_or_remove(MODEL_HEADER, decision.model().map(str::to_owned));
     changes.set_or_remove(CATEGORY_HEADER, decision.category().map(str::to_owned));
     changes.set_or_remove(
