@@ -245,6 +245,7 @@ impl<H: Hooks> Driver<H> {
     }
 
     /// The hooks, for inspection.
+    #[cfg(test)]
     pub fn hooks(&self) -> &H {
         &self.hooks
     }

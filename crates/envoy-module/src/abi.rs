@@ -85,7 +85,6 @@ pub const BODY_RECEIVED_REQUEST: BodyType = 0;
 /// What earlier `StopIterationAndBuffer` returns accumulated.
 pub const BODY_BUFFERED_REQUEST: BodyType = 1;
 pub const BODY_RECEIVED_RESPONSE: BodyType = 2;
-pub const BODY_BUFFERED_RESPONSE: BodyType = 3;
 
 /// `envoy_dynamic_module_type_log_level`.
 pub type LogLevel = u32;
@@ -271,13 +270,6 @@ unsafe extern "C" {
         label_names: *const ModuleBuffer,
         label_names_len: usize,
         id_out: *mut usize,
-    ) -> MetricsResult;
-    pub fn envoy_dynamic_module_callback_http_filter_increment_counter(
-        filter: HttpFilterEnvoyPtr,
-        id: usize,
-        label_values: *const ModuleBuffer,
-        label_values_len: usize,
-        value: u64,
     ) -> MetricsResult;
     /// The config-level forms: usable outside any stream (here, on the main thread).
     pub fn envoy_dynamic_module_callback_http_filter_config_increment_counter(

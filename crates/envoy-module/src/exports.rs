@@ -5,7 +5,6 @@
 #![allow(clippy::missing_safety_doc)]
 
 use std::ffi::c_char;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex};
 
 use responses_router_redis::Stats as RedisStats;
@@ -43,14 +42,7 @@ impl Filter {
 
 /// Runs `f`; on a panic, logs it and returns `fallback`.
 fn guarded<T>(what: &str, fallback: T, f: impl FnOnce() -> T) -> T {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(value) => value,
-        Err(payload) => {
-            let why = filter::panic_message(&*payload);
-            crate::log::error(&format!("panic caught in {what}: {why}"));
-            fallback
-        }
-    }
+    filter::caught(what, f).unwrap_or(fallback)
 }
 
 /// Runs a request-phase hook; a panic answers the request with the router's 500 error.
@@ -303,13 +295,10 @@ unsafe fn response_hook<T>(
     let config = filter.config();
     // SAFETY: the caller passes Envoy's pointer for the hook being run.
     let mut host = unsafe { EnvoyHost::new(envoy, &config.stats, Hook::Other) };
-    match guarded(what, None, || Some(f(&mut filter.stream, &mut host))) {
-        Some(value) => value,
-        None => {
-            host.increment(Counter::Panics, &[]);
-            fallback
-        }
-    }
+    filter::caught(what, || f(&mut filter.stream, &mut host)).unwrap_or_else(|| {
+        host.increment(Counter::Panics, &[]);
+        fallback
+    })
 }
 
 #[unsafe(no_mangle)]

@@ -517,9 +517,8 @@ impl Stream {
     }
 }
 
-/// Runs one request-phase hook of `stream` under `catch_unwind`. A panic must never unwind into
-/// Envoy's C++ (that aborts the process): it is logged, counted, and the request is answered with
-/// the router's 500 error; the hook then returns `stopped`.
+/// Runs one request-phase hook of `stream` under [`caught`]: a panic is counted and the request
+/// is answered with the router's 500 error; the hook then returns `stopped`.
 pub fn guarded_hook<H: Host, T>(
     what: &str,
     stream: &mut Stream,
@@ -527,12 +526,7 @@ pub fn guarded_hook<H: Host, T>(
     stopped: T,
     hook: impl FnOnce(&mut Stream, &mut H) -> T,
 ) -> T {
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(stream, host)));
-    outcome.unwrap_or_else(|payload| {
-        crate::log::error(&format!(
-            "panic caught in {what}: {}",
-            panic_message(&*payload)
-        ));
+    caught(what, || hook(stream, host)).unwrap_or_else(|| {
         host.increment(Counter::Panics, &[]);
         refuse(
             host,
@@ -542,13 +536,19 @@ pub fn guarded_hook<H: Host, T>(
     })
 }
 
-/// A panic's message, when it has one.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned())
+/// Runs `f` under `catch_unwind`, since a panic must never unwind into Envoy's C++ (that aborts
+/// the process): `None`, and the panic logged, when it panicked.
+pub fn caught<T>(what: &str, f: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|payload| {
+            let why = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            crate::log::error(&format!("panic caught in {what}: {why}"));
+        })
+        .ok()
 }
 
 /// Sends `error` as the client's answer.

@@ -282,17 +282,12 @@ impl SharedStore {
     pub fn counters(&self) -> Arc<Counters> {
         Arc::clone(&self.inner.counters)
     }
-
-    /// Whether Redis is a cluster.
-    pub fn is_cluster(&self) -> bool {
-        self.inner.backend.is_cluster()
-    }
 }
 
 /// Makes ring rustls' process-wide default provider, unless one is installed already. redis-rs
 /// builds its TLS configs with the process default, and rustls cannot pick one by itself when a
 /// dependency ever enables a second provider.
-pub fn install_crypto_provider() {
+fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 

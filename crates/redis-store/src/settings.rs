@@ -94,11 +94,6 @@ impl RedisSettings {
     pub fn is_cluster(&self) -> bool {
         matches!(self.client, Client::Cluster { .. })
     }
-
-    /// The addresses, without credentials.
-    pub fn addresses(&self) -> &[String] {
-        &self.addresses
-    }
 }
 
 /// The problems of `affinity`'s Redis settings beyond what the YAML alone shows (the core checks
