@@ -37,15 +37,15 @@ impl ModelContext<'_> {
         }
     }
 
-    /// The model in `dir`: the previous one if its files are unchanged, else freshly loaded.
-    /// The flag says whether it was kept.
-    fn model(&self, dir: &Path) -> Result<(Arc<EmbeddingModel>, bool), String> {
+    /// The model in `dir`: the previous one (the same `Arc`) if its files are unchanged, else
+    /// freshly loaded.
+    fn model(&self, dir: &Path) -> Result<Arc<EmbeddingModel>, String> {
         let dir = self.resolve(dir);
         if let Some(previous) = self.previous.filter(|m| m.unchanged(&dir)) {
-            return Ok((Arc::clone(previous), true));
+            return Ok(Arc::clone(previous));
         }
         EmbeddingModel::load(&dir)
-            .map(|m| (Arc::new(m), false))
+            .map(Arc::new)
             .map_err(|e| e.to_string())
     }
 }
@@ -78,8 +78,6 @@ pub struct RoutingTable {
     /// Clusters whose continuations are pinned to their host too.
     pinned_clusters: HashSet<String>,
     classifier: CategoryClassifier,
-    /// Whether the embedding model was kept from the table this one replaced.
-    reused_model: bool,
     /// The model each category routes to, in category order.
     category_models: Vec<String>,
     /// Unix seconds at which the table was compiled (the `created` of the models it lists).
@@ -292,8 +290,8 @@ impl RoutingTable {
             return Err(ConfigError::Invalid(issues));
         };
         // Every example is embedded now, once per compilation (a reload recomputes them).
-        let (semantic, reused_model) = match (model, embedding) {
-            (Some((model, reused)), Some(settings)) => {
+        let semantic = match (model, embedding) {
+            (Some(model), Some(settings)) => {
                 let texts: Vec<CategoryTexts<'_>> = config
                     .categories
                     .iter()
@@ -304,7 +302,7 @@ impl RoutingTable {
                     })
                     .collect();
                 match Semantic::build(model, &texts) {
-                    Ok(semantic) => (Some(semantic), reused),
+                    Ok(semantic) => Some(semantic),
                     Err(problems) => {
                         return Err(ConfigError::Invalid(
                             problems
@@ -321,7 +319,7 @@ impl RoutingTable {
                     }
                 }
             }
-            _ => (None, false),
+            _ => None,
         };
         let rule_weight = embedding.map_or(0.0, |e| e.rule_weight);
         let classifier = CategoryClassifier::new(rules, semantic, rule_weight);
@@ -344,7 +342,6 @@ impl RoutingTable {
                 .map(|c| c.name.clone())
                 .collect(),
             classifier,
-            reused_model,
             category_models: config.categories.iter().map(|c| c.model.clone()).collect(),
             compiled_at: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -429,11 +426,6 @@ impl RoutingTable {
         self.classifier.model()
     }
 
-    /// Whether this table kept the embedding model of the table it replaced (files unchanged).
-    pub fn reused_model(&self) -> bool {
-        self.reused_model
-    }
-
     /// The model each category routes to, by category index.
     pub fn category_model(&self, index: usize) -> Option<&str> {
         self.category_models.get(index).map(String::as_str)
@@ -480,7 +472,7 @@ fn check_embedding(
     embedding: &EmbeddingConfig,
     models: ModelContext<'_>,
     issue: &mut impl FnMut(String, String),
-) -> Option<(Arc<EmbeddingModel>, bool)> {
+) -> Option<Arc<EmbeddingModel>> {
     const FIELD: &str = "classification.embedding";
     if let Some(problem) = similarity_problem(embedding.min_similarity) {
         issue(format!("{FIELD}.min_similarity"), problem);
@@ -657,7 +649,6 @@ categories:
             "{r:?}"
         );
         assert_eq!(classifier.classify("unknown").winner, None);
-        assert!(!t.reused_model());
     }
 
     #[test]
@@ -760,7 +751,6 @@ categories:
         )
         .unwrap();
         let second = reload_reusing(&path, &first).unwrap().table;
-        assert!(second.reused_model());
         assert!(Arc::ptr_eq(&model, second.embedding_model().unwrap()));
         assert_ne!(hello(&first), hello(&second), "new examples, new prototype");
 
@@ -768,7 +758,6 @@ categories:
         model_dir(&models);
         std::fs::write(models.join("config.json"), "{}").unwrap();
         let third = reload_reusing(&path, &second).unwrap().table;
-        assert!(!third.reused_model());
         assert!(!Arc::ptr_eq(&model, third.embedding_model().unwrap()));
         assert_eq!(hello(&third), hello(&second));
     }
