@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -44,11 +46,14 @@ class Fleet:
     `module` form each replica is one Envoy with the router inside (no router process).
 
     `redis`: False, True (one redis-server; `redis_persist`: with an append-only file, so a
-    restart keeps its data) or "cluster" (3 masters + 3 replicas).
+    restart keeps its data) or "cluster" (3 masters + 3 replicas). `redis_latency` (one
+    redis-server): replica -> seconds every command of that replica takes to reach Redis (through
+    a `LatencyProxy`), a slow network path from one gateway.
     """
 
     def __init__(self, workdir: Path, router_bin: str, envoy_bin: str, *, replicas: int = 1,
                  redis: bool | str = False, redis_persist: bool = False,
+                 redis_latency: dict[int, float] | None = None,
                  router_env: dict[str, str] | None = None, routing_yaml: Path = ROUTING_YAML,
                  form: str = "ext_proc"):
         if form == "module" and routing_yaml != ROUTING_YAML:
@@ -70,6 +75,11 @@ class Fleet:
         self.env = {**os.environ, "RUST_BACKTRACE": "1", **(router_env or {})}
         if self.redis_port:
             self.env["RESPONSES_ROUTER__AFFINITY__REDIS_URL"] = f"redis://127.0.0.1:{self.redis_port}/"
+        self.redis_latency = redis_latency or {}
+        if self.redis_latency and not self.redis_port:
+            raise ValueError("redis_latency needs one redis-server (redis=True)")
+        self.proxies: list[LatencyProxy] = []
+        self.replica_env: dict[int, dict[str, str]] = {}
         self.replica_ports: list[dict[str, int]] = []
         for _ in range(replicas):
             listener, admin, router, router_admin = free_ports(4)
@@ -101,9 +111,13 @@ class Fleet:
     def start_router(self, i: int = 0) -> Proc:
         """Starts router i and returns once its gRPC port accepts connections (ext_proc form)."""
         assert self.form == "ext_proc", "the module form has no router process"
-        proc = self._start(f"router-{i}", self.router_argv(i), self.env)
+        proc = self._start(f"router-{i}", self.router_argv(i), self.env_of(i))
         proc.wait_until(lambda: tcp_open(self.replica_ports[i]["router"]), STARTUP_TIMEOUT, "gRPC listener")
         return proc
+
+    def env_of(self, i: int) -> dict[str, str]:
+        """The environment of replica i's router."""
+        return {**self.env, **self.replica_env.get(i, {})}
 
     def start_envoy(self, i: int = 0) -> Proc:
         p = self.replica_ports[i]
@@ -114,7 +128,7 @@ class Fleet:
         # In the module form the router is in Envoy: Envoy's environment is the router's.
         proc = self._start(f"envoy-{i}", [self.envoy_bin, "-c", str(config), "--disable-hot-restart",
                                           "--log-level", "warning"],
-                           gateway_env(self.form, self.router_bin, self.env))
+                           gateway_env(self.form, self.router_bin, self.env_of(i)))
         proc.wait_until(lambda: http_status(p["admin"], "/ready") == 200, STARTUP_TIMEOUT, "/ready == 200")
         proc.wait_until(lambda: tcp_open(p["listener"]), STARTUP_TIMEOUT, "listener")
         return proc
@@ -153,6 +167,10 @@ class Fleet:
     def start(self) -> "Fleet":
         if self.redis_port:
             self.start_redis()
+        for i, delay in self.redis_latency.items():
+            proxy = LatencyProxy(self.redis_port, delay)
+            self.proxies.append(proxy)
+            self.replica_env[i] = {"RESPONSES_ROUTER__AFFINITY__REDIS_URL": f"redis://127.0.0.1:{proxy.port}/"}
         if self.cluster:
             self.start_cluster()
         for name in SIMULATORS:
@@ -174,6 +192,8 @@ class Fleet:
     def stop(self) -> None:
         for proc in reversed(self.all_procs):
             proc.stop()
+        for proxy in self.proxies:
+            proxy.close()
         if self.cluster_ports:
             self.cluster_script("down")
             self.cluster_ports = []
@@ -223,6 +243,80 @@ class Fleet:
                 except ValueError:
                     pass
         return series
+
+
+class LatencyProxy:
+    """A TCP proxy to 127.0.0.1:`target` that hands on every byte sent toward the target `delay`
+    seconds after it arrived (answers come back at once): the slow path from one gateway to a
+    shared Redis, where a command takes `delay` to apply."""
+
+    def __init__(self, target: int, delay: float):
+        self.target, self.delay = target, delay
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            self._sockets += [client, upstream]
+            late: queue.Queue[tuple[float, bytes]] = queue.Queue()
+            for work, args in ((self._read, (client, late)), (self._send_late, (late, upstream)),
+                               (self._copy, (upstream, client))):
+                threading.Thread(target=work, args=args, daemon=True).start()
+
+    def _read(self, src: socket.socket, late: queue.Queue) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            late.put((time.monotonic() + self.delay, data))
+            if not data:
+                return
+
+    @staticmethod
+    def _send_late(late: queue.Queue, dst: socket.socket) -> None:
+        while True:
+            at, data = late.get()
+            time.sleep(max(0.0, at - time.monotonic()))
+            try:
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                dst.sendall(data)
+            except OSError:
+                return
+
+    @staticmethod
+    def _copy(src: socket.socket, dst: socket.socket) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        try:
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        except OSError:
+            pass
+        self._server.close()
+        for sock in self._sockets:
+            sock.close()
 
 
 def rss_bytes(pid: int) -> int:

@@ -301,15 +301,19 @@ impl Stream {
         HeadersFlow::Continue
     }
 
-    /// Reads the created id as the body passes, and records it before the answer's end leaves
-    /// the filter. Sharing it takes the store's thread a moment: a JSON answer waits from the
-    /// chunk that names its id until the write is done (as the ext_proc form's answer waits); a
-    /// stream's chunks all pass at once and only its end waits, if the write is still in flight
-    /// then (it rarely is; the store's 50 ms budget bounds it). So a client that has the whole
-    /// answer can continue through any Envoy.
+    /// Reads the created id as the body passes, and records it before the client has the
+    /// answer. Sharing it takes the store's thread a moment. A JSON answer is held whole, from
+    /// its first chunk until its id is recorded and shared (as the ext_proc form holds it): Envoy
+    /// hands an upstream's body over before its end of stream, and a client reading a
+    /// content-length body has its answer at the last byte, so holding only the end would let it
+    /// continue before the write. A stream's chunks all pass at once and only its end waits, if
+    /// the write is still in flight then (it rarely is; the store's 50 ms budget bounds it): a
+    /// stream has no length, its client sees the end only with Envoy's. So a client that has the
+    /// whole answer can continue through any Envoy.
     pub fn on_response_body(&mut self, host: &mut impl Host, end_of_stream: bool) -> BodyFlow {
         if let Some((location, capture)) = self.capture.as_mut() {
             match capture.feed(&host.response_chunk(), end_of_stream) {
+                Capture::Pending if capture.format() == Format::Json => return BodyFlow::Buffer,
                 Capture::Pending => {}
                 Capture::GaveUp => self.capture = None,
                 Capture::Found(id) => {
@@ -354,9 +358,16 @@ impl Stream {
     }
 
     /// Response trailers wait while the answer is held for its id's shared write (a JSON answer
-    /// with trailers); the write's completion lets them go with the rest.
-    pub fn on_response_trailers(&self) -> HeadersFlow {
-        if self.holding {
+    /// with trailers), and end a stream as its last chunk would: they wait for a write still in
+    /// flight (an HTTP/2 upstream may end a stream with trailers instead of an empty last
+    /// chunk). The write's completion lets them go with the rest.
+    pub fn on_response_trailers(&mut self) -> HeadersFlow {
+        let in_flight = self
+            .sharing
+            .as_ref()
+            .is_some_and(|sharing| !sharing.written.load(Ordering::Acquire));
+        if self.holding || in_flight {
+            self.holding = true;
             HeadersFlow::Stop
         } else {
             HeadersFlow::Continue
@@ -916,12 +927,13 @@ categories:
             host.response["x-router-model"], "code-model",
             "the decision, exposed"
         );
-        for (chunk, end) in [
-            (&br#"{"id":"resp_"#[..], false),
-            (&br#"1","object":"response"}"#[..], true),
+        // Held whole (Envoy keeps the chunks) until the id is recorded at the end, then let go.
+        for (chunk, end, flow) in [
+            (&br#"{"id":"resp_"#[..], false, BodyFlow::Buffer),
+            (&br#"1","object":"response"}"#[..], true, BodyFlow::Continue),
         ] {
             host.response_chunk = chunk.to_vec();
-            assert_eq!(stream.on_response_body(&mut host, end), BodyFlow::Continue);
+            assert_eq!(stream.on_response_body(&mut host, end), flow);
         }
         assert_eq!(host.counted(Counter::LearnedIds), [["json"]]);
         // The next turn, classified as general, goes where its state is, to its host.
@@ -933,6 +945,21 @@ categories:
         assert_eq!(next.request["x-router-reason"], "affinity");
         assert_eq!(next.override_host.as_deref(), Some("10.0.0.7:8000"));
         assert_eq!(next.counted(Counter::Affinity), [["hit"]]);
+    }
+
+    #[test]
+    fn a_json_answer_without_an_id_is_let_go_at_its_end() {
+        let router = router();
+        let (mut stream, mut host) = post(&router, r#"{"model":"auto","input":"python?"}"#);
+        host.response.insert(":status".into(), "200".into());
+        host.response
+            .insert("content-type".into(), "application/json".into());
+        stream.on_response_headers(&mut host, false);
+        host.response_chunk = br#"{"object":"#.to_vec();
+        assert_eq!(stream.on_response_body(&mut host, false), BodyFlow::Buffer);
+        host.response_chunk = br#""list"}"#.to_vec();
+        assert_eq!(stream.on_response_body(&mut host, true), BodyFlow::Continue);
+        assert!(host.counted(Counter::LearnedIds).is_empty());
     }
 
     #[test]
@@ -1091,15 +1118,13 @@ categories:
     }
 
     #[test]
-    fn a_json_answer_in_chunks_waits_at_its_end_until_the_write_is_done() {
+    fn a_json_answer_is_held_whole_until_the_write_is_done() {
         let remote = Arc::new(FakeRemote::default());
         let (mut stream, mut host) = shared_response(&remote, "application/json");
-        // A JSON answer is read whole: its id is known at its last chunk.
+        // A JSON answer is read whole, and held whole: its id is known at its end, and none of
+        // it may reach the client before the write.
         host.response_chunk = br#"{"id":"resp_j","object":"response","#.to_vec();
-        assert_eq!(
-            stream.on_response_body(&mut host, false),
-            BodyFlow::Continue
-        );
+        assert_eq!(stream.on_response_body(&mut host, false), BodyFlow::Buffer);
         host.response_chunk = br#""output":[]}"#.to_vec();
         assert_eq!(stream.on_response_body(&mut host, true), BodyFlow::Buffer);
         assert!(!host.continued_response);
@@ -1142,6 +1167,32 @@ categories:
         assert_eq!(stream.on_response_body(&mut host, true), BodyFlow::Continue);
         stream.on_scheduled(&mut host, EVENT_RECORDED);
         assert!(!host.continued_response, "nothing was held");
+    }
+
+    #[test]
+    fn a_stream_ended_by_trailers_waits_there_for_a_write_in_flight() {
+        let remote = Arc::new(FakeRemote::default());
+        let (mut stream, mut host) = shared_response(&remote, "text/event-stream");
+        host.response_chunk =
+            b"event: response.created\ndata: {\"response\":{\"id\":\"resp_h2\"}}\n\n".to_vec();
+        assert_eq!(
+            stream.on_response_body(&mut host, false),
+            BodyFlow::Continue
+        );
+        // No chunk says end of stream: the trailers do.
+        assert_eq!(stream.on_response_trailers(), HeadersFlow::Stop);
+        assert!(!host.continued_response);
+        remote.finish_records();
+        stream.on_scheduled(&mut host, EVENT_RECORDED);
+        assert!(host.continued_response);
+
+        // Written before the trailers came: nothing waits.
+        let (mut stream, mut host) = shared_response(&remote, "text/event-stream");
+        host.response_chunk =
+            b"event: response.created\ndata: {\"response\":{\"id\":\"resp_h3\"}}\n\n".to_vec();
+        stream.on_response_body(&mut host, false);
+        remote.finish_records();
+        assert_eq!(stream.on_response_trailers(), HeadersFlow::Continue);
     }
 
     #[test]

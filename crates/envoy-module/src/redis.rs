@@ -54,7 +54,9 @@ impl RedisRemote {
                             return;
                         }
                     };
-                    let up = Arc::new(AtomicBool::new(true));
+                    // Down until a check says otherwise: a gauge that read "up" before Redis
+                    // ever answered would tell an operator (or a readiness probe) too much.
+                    let up = Arc::new(AtomicBool::new(false));
                     let (stop_tx, mut stop_rx) = oneshot::channel();
                     let remote = RedisRemote {
                         store: Arc::clone(&store),
@@ -203,12 +205,15 @@ mod tests {
             AffinityStore::lookup(remote.as_ref(), "resp_new"),
             Some(here)
         );
+        // The write's failure, then the check's.
+        let failures = |stats: &Stats| stats.errors + stats.timeouts;
         let deadline = Instant::now() + Duration::from_secs(5);
-        while remote.state().0 && Instant::now() < deadline {
+        while failures(&remote.state().1) < 2 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         let (up, stats) = remote.state();
         assert!(!up, "the check finds Redis down");
+        assert!(failures(&stats) >= 2, "{stats:?}");
         assert!(stats.queued >= 1, "{stats:?}");
     }
 }
