@@ -269,45 +269,38 @@ class LatencyProxy:
                 client.close()
                 continue
             self._sockets += [client, upstream]
-            late: queue.Queue[tuple[float, bytes]] = queue.Queue()
-            for work, args in ((self._read, (client, late)), (self._send_late, (late, upstream)),
-                               (self._copy, (upstream, client))):
-                threading.Thread(target=work, args=args, daemon=True).start()
-
-    def _read(self, src: socket.socket, late: queue.Queue) -> None:
-        while True:
-            try:
-                data = src.recv(65536)
-            except OSError:
-                data = b""
-            late.put((time.monotonic() + self.delay, data))
-            if not data:
-                return
+            self._pipe(client, upstream, self.delay)
+            self._pipe(upstream, client, 0.0)
 
     @staticmethod
-    def _send_late(late: queue.Queue, dst: socket.socket) -> None:
-        while True:
-            at, data = late.get()
-            time.sleep(max(0.0, at - time.monotonic()))
-            try:
-                if not data:
-                    dst.shutdown(socket.SHUT_WR)
-                    return
-                dst.sendall(data)
-            except OSError:
-                return
+    def _pipe(src: socket.socket, dst: socket.socket, delay: float) -> None:
+        """Hands on what `src` sends to `dst`, each piece `delay` seconds after it arrived."""
+        late: queue.Queue[tuple[float, bytes]] = queue.Queue()
 
-    @staticmethod
-    def _copy(src: socket.socket, dst: socket.socket) -> None:
-        while True:
-            try:
-                data = src.recv(65536)
+        def read() -> None:
+            while True:
+                try:
+                    data = src.recv(65536)
+                except OSError:
+                    data = b""
+                late.put((time.monotonic() + delay, data))
                 if not data:
-                    dst.shutdown(socket.SHUT_WR)
                     return
-                dst.sendall(data)
-            except OSError:
-                return
+
+        def send() -> None:
+            while True:
+                at, data = late.get()
+                time.sleep(max(0.0, at - time.monotonic()))
+                try:
+                    if not data:
+                        dst.shutdown(socket.SHUT_WR)
+                        return
+                    dst.sendall(data)
+                except OSError:
+                    return
+
+        for work in (read, send):
+            threading.Thread(target=work, daemon=True).start()
 
     def close(self) -> None:
         try:

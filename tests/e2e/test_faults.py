@@ -23,6 +23,7 @@ import pytest
 from conftest import _envoy_binary, _router_binary
 from fleet import OUTPUT, PROMPTS, Fleet, Load
 from helpers import eventually
+from test_continuity import _create
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "faults.json"
 CODING = PROMPTS.index("Now write a python function that counts its words.")
@@ -355,23 +356,12 @@ def test_redis_outage_is_replayed(fleet_factory, restart):
 REDIS_LATENCY = 0.02
 
 
-def _answer(client: openai.OpenAI, stream: bool, **kwargs):
-    if not stream:
-        return client.responses.create(**kwargs)
-    final = None
-    for event in client.responses.create(stream=True, **kwargs):
-        if event.type == "response.completed":
-            final = event.response
-    assert final is not None, "the stream ended without response.completed"
-    return final
-
-
 def _continue_at_once(slow: openai.OpenAI, fast: openai.OpenAI, kinds: list[bool], n: int) -> list[str]:
     """n answers from `slow`, each continued at once through `fast`; what was lost."""
     lost = []
     for i in range(n):
         stream = kinds[i % len(kinds)]
-        first = _answer(slow, stream, model="auto", input=PROMPTS[i % len(PROMPTS)])
+        first = _create(slow, 1 if stream else 0, model="auto", input=PROMPTS[i % len(PROMPTS)])
         home = OUTPUT.match(first.output_text)["instance"]
         try:
             second = fast.responses.create(model="auto", input=PROMPTS[(i + 1) % len(PROMPTS)],
