@@ -17,6 +17,9 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 const SSE_LIMIT: usize = 64 * 1024;
 /// Most bytes of a JSON response buffered to read its `id`.
 const JSON_LIMIT: usize = 8 * 1024 * 1024;
+/// Up to this many bytes, a JSON body is read at each chunk, so an `id` written first is found
+/// before the body ends; past them it is read once, at its end (no re-parse per chunk).
+const JSON_EARLY_LIMIT: usize = 16 * 1024;
 
 /// How a response body carries the id it creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,12 +171,16 @@ impl IdCapture {
             return Capture::GaveUp;
         }
         self.buf.extend_from_slice(chunk);
-        if !end {
+        // Backends write `id` first: once its entry is whole it is the id the whole body would
+        // give (nothing after it is read), so a front-end that passes chunks on knows it before
+        // the client has the body.
+        if !end && self.buf.len() > JSON_EARLY_LIMIT {
             return Capture::Pending;
         }
         match object_id(&self.buf) {
             Some(id) => Capture::Found(id),
-            None => Capture::GaveUp,
+            None if end => Capture::GaveUp,
+            None => Capture::Pending,
         }
     }
 
@@ -293,16 +300,29 @@ mod tests {
     }
 
     #[test]
-    fn json_id_when_the_body_ends() {
+    fn a_json_id_is_found_once_its_entry_is_whole_or_when_the_body_ends() {
+        let mut c = IdCapture::new(Format::Json);
+        assert_eq!(c.feed(br#"{"id":"resp_"#, false), Capture::Pending);
+        assert_eq!(
+            c.feed(br#"1","object":"#, false),
+            Capture::Found("resp_1".into()),
+            "before the body ends"
+        );
         let mut c = IdCapture::new(Format::Json);
         assert_eq!(
-            c.feed(br#"{"id":"resp_1","object":"#, false),
+            c.feed(br#"{"object":"response","output":[{"id":"msg_1"}],"#, false),
             Capture::Pending
         );
         assert_eq!(
-            c.feed(br#""response","output":[{"id":"msg_1"}]}"#, true),
-            Capture::Found("resp_1".into())
+            c.feed(br#""id":"resp_2"}"#, true),
+            Capture::Found("resp_2".into())
         );
+        // Past the first bytes, the body is read once, at its end.
+        let mut c = IdCapture::new(Format::Json);
+        let padding = format!(r#"{{"output":"{}","#, "x".repeat(JSON_EARLY_LIMIT));
+        assert_eq!(c.feed(padding.as_bytes(), false), Capture::Pending);
+        assert_eq!(c.feed(br#""id":"resp_3"}"#, false), Capture::Pending);
+        assert_eq!(c.feed(b"", true), Capture::Found("resp_3".into()));
         let mut c = IdCapture::new(Format::Json);
         assert_eq!(
             c.feed(br#"{"object":"conversation","id":"conv_\u0041"}"#, true),

@@ -302,14 +302,14 @@ impl Stream {
     }
 
     /// Reads the created id as the body passes, and records it before the client has the
-    /// answer. Sharing it takes the store's thread a moment. A JSON answer is held whole, from
-    /// its first chunk until its id is recorded and shared (as the ext_proc form holds it): Envoy
-    /// hands an upstream's body over before its end of stream, and a client reading a
-    /// content-length body has its answer at the last byte, so holding only the end would let it
-    /// continue before the write. A stream's chunks all pass at once and only its end waits, if
-    /// the write is still in flight then (it rarely is; the store's 50 ms budget bounds it): a
-    /// stream has no length, its client sees the end only with Envoy's. So a client that has the
-    /// whole answer can continue through any Envoy.
+    /// answer. A JSON answer's chunks are held until its id is known (backends write it first,
+    /// so usually at the first chunk) and, with a shared store, until it is written there (as
+    /// the ext_proc form holds the answer): Envoy hands an upstream's body over before its end of
+    /// stream, and a client reading a content-length body has its answer at the last byte, so
+    /// holding only the end would let it continue before the write. A stream's chunks all pass
+    /// at once and only its end waits, if the write is still in flight then (it rarely is; the
+    /// store's 50 ms budget bounds it): a stream has no length, its client sees the end only
+    /// with Envoy's. So a client that has the whole answer can continue through any Envoy.
     pub fn on_response_body(&mut self, host: &mut impl Host, end_of_stream: bool) -> BodyFlow {
         if let Some((location, capture)) = self.capture.as_mut() {
             match capture.feed(&host.response_chunk(), end_of_stream) {
@@ -945,6 +945,29 @@ categories:
         assert_eq!(next.request["x-router-reason"], "affinity");
         assert_eq!(next.override_host.as_deref(), Some("10.0.0.7:8000"));
         assert_eq!(next.counted(Counter::Affinity), [["hit"]]);
+    }
+
+    #[test]
+    fn a_json_answer_whose_id_comes_first_passes_at_once_without_a_shared_store() {
+        let router = router();
+        let (mut stream, mut host) = post(&router, r#"{"model":"auto","input":"python?"}"#);
+        host.response.insert(":status".into(), "200".into());
+        host.response
+            .insert("content-type".into(), "application/json".into());
+        host.cluster = Some("code".into());
+        stream.on_response_headers(&mut host, false);
+        host.response_chunk = br#"{"id":"resp_7","object":"response","output":[]}"#.to_vec();
+        // Recorded in memory before the chunk goes on: nothing to hold.
+        assert_eq!(
+            stream.on_response_body(&mut host, false),
+            BodyFlow::Continue
+        );
+        assert_eq!(
+            router.store().lookup("resp_7").map(|l| l.cluster),
+            Some("code".into())
+        );
+        host.response_chunk.clear();
+        assert_eq!(stream.on_response_body(&mut host, true), BodyFlow::Continue);
     }
 
     #[test]
