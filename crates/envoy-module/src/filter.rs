@@ -10,14 +10,15 @@
 //!   upstream override (falling back to load balancing when the host is gone), the routing
 //!   headers the upstream sees.
 //! - Response: the id a state-creating request creates is read as the response passes (a JSON
-//!   body, or the first SSE event) and recorded before the last byte leaves the filter; a
-//!   stream's chunks are never held. No observer filter and no pending-id wait are needed: the
-//!   filter sees the response itself, in order.
+//!   body's leading `id`, or the first SSE event) and recorded before the client has the answer:
+//!   a JSON answer's chunks wait until its id is known; a stream's chunks are never held. No
+//!   observer filter and no pending-id wait are needed: the filter sees the response itself, in
+//!   order.
 //! - Sharing (Redis): memory first; an id memory does not know is asked of the shared store off
 //!   the worker thread while the request waits (the store's own budget bounds the wait). A
-//!   learned id is written there before the answer's end leaves: a JSON answer waits from its
-//!   id on, as the ext_proc form's answer waits; a stream's end waits only if the write is still
-//!   in flight then.
+//!   learned id is written there before the client has the answer: a JSON answer's chunks wait
+//!   for the write, as the ext_proc form's answer waits; a stream's end waits only if the write
+//!   is still in flight then.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
