@@ -325,15 +325,21 @@ impl Stream {
                 }
             }
         }
-        let Some(sharing) = &self.sharing else {
+        let Some(sse) = self.sharing.as_ref().map(|sharing| sharing.sse) else {
             return BodyFlow::Continue;
         };
-        let written = sharing.written.load(Ordering::Acquire);
-        if self.holding || (!written && (!sharing.sse || end_of_stream)) {
+        if self.holding || (self.write_in_flight() && (!sse || end_of_stream)) {
             self.holding = true;
             return BodyFlow::Buffer;
         }
         BodyFlow::Continue
+    }
+
+    /// A learned id's shared write has started and not finished.
+    fn write_in_flight(&self) -> bool {
+        self.sharing
+            .as_ref()
+            .is_some_and(|sharing| !sharing.written.load(Ordering::Acquire))
     }
 
     /// Records `id`'s location in memory and, with a shared store, starts writing it there.
@@ -363,11 +369,7 @@ impl Stream {
     /// flight (an HTTP/2 upstream may end a stream with trailers instead of an empty last
     /// chunk). The write's completion lets them go with the rest.
     pub fn on_response_trailers(&mut self) -> HeadersFlow {
-        let in_flight = self
-            .sharing
-            .as_ref()
-            .is_some_and(|sharing| !sharing.written.load(Ordering::Acquire));
-        if self.holding || in_flight {
+        if self.holding || self.write_in_flight() {
             self.holding = true;
             HeadersFlow::Stop
         } else {
@@ -917,18 +919,18 @@ categories:
     #[test]
     fn a_json_answer_teaches_where_its_id_lives_and_the_continuation_goes_there() {
         let router = router();
-        let (mut stream, mut host) = post(&router, r#"{"model":"auto","input":"python?"}"#);
-        host.response.insert(":status".into(), "200".into());
-        host.response
-            .insert("content-type".into(), "application/json".into());
-        host.upstream = Some("10.0.0.7:8000".into());
-        host.cluster = Some("code".into());
-        stream.on_response_headers(&mut host, false);
+        let (mut stream, mut host) = answered(
+            &router,
+            r#"{"model":"auto","input":"python?"}"#,
+            "application/json",
+            Some("code"),
+            Some("10.0.0.7:8000"),
+        );
         assert_eq!(
             host.response["x-router-model"], "code-model",
             "the decision, exposed"
         );
-        // Held whole (Envoy keeps the chunks) until the id is recorded at the end, then let go.
+        // Held (Envoy keeps the chunks) until the id is whole and recorded, then let go.
         for (chunk, end, flow) in [
             (&br#"{"id":"resp_"#[..], false, BodyFlow::Buffer),
             (&br#"1","object":"response"}"#[..], true, BodyFlow::Continue),
@@ -951,12 +953,13 @@ categories:
     #[test]
     fn a_json_answer_whose_id_comes_first_passes_at_once_without_a_shared_store() {
         let router = router();
-        let (mut stream, mut host) = post(&router, r#"{"model":"auto","input":"python?"}"#);
-        host.response.insert(":status".into(), "200".into());
-        host.response
-            .insert("content-type".into(), "application/json".into());
-        host.cluster = Some("code".into());
-        stream.on_response_headers(&mut host, false);
+        let (mut stream, mut host) = answered(
+            &router,
+            r#"{"model":"auto","input":"python?"}"#,
+            "application/json",
+            Some("code"),
+            None,
+        );
         host.response_chunk = br#"{"id":"resp_7","object":"response","output":[]}"#.to_vec();
         // Recorded in memory before the chunk goes on: nothing to hold.
         assert_eq!(
@@ -974,11 +977,13 @@ categories:
     #[test]
     fn a_json_answer_without_an_id_is_let_go_at_its_end() {
         let router = router();
-        let (mut stream, mut host) = post(&router, r#"{"model":"auto","input":"python?"}"#);
-        host.response.insert(":status".into(), "200".into());
-        host.response
-            .insert("content-type".into(), "application/json".into());
-        stream.on_response_headers(&mut host, false);
+        let (mut stream, mut host) = answered(
+            &router,
+            r#"{"model":"auto","input":"python?"}"#,
+            "application/json",
+            None,
+            None,
+        );
         host.response_chunk = br#"{"object":"#.to_vec();
         assert_eq!(stream.on_response_body(&mut host, false), BodyFlow::Buffer);
         host.response_chunk = br#""list"}"#.to_vec();
@@ -989,15 +994,13 @@ categories:
     #[test]
     fn an_sse_answer_is_learned_from_its_first_event_without_waiting() {
         let router = router();
-        let (mut stream, mut host) = post(
+        let (mut stream, mut host) = answered(
             &router,
             r#"{"model":"general-model","input":"hi","stream":true}"#,
+            "text/event-stream",
+            Some("general"),
+            None,
         );
-        host.response.insert(":status".into(), "200".into());
-        host.response
-            .insert("content-type".into(), "text/event-stream".into());
-        host.cluster = Some("general".into());
-        stream.on_response_headers(&mut host, false);
         host.response_chunk =
             b"event: response.created\ndata: {\"response\":{\"id\":\"resp_s\"}}\n\n".to_vec();
         assert_eq!(
@@ -1025,13 +1028,13 @@ categories:
             router
         };
         let (a, b) = (shared(), shared());
-        let (mut stream, mut host) = post(&a, r#"{"model":"auto","input":"python?"}"#);
-        host.response.insert(":status".into(), "200".into());
-        host.response
-            .insert("content-type".into(), "application/json".into());
-        host.upstream = Some("10.0.0.7:8000".into());
-        host.cluster = Some("code".into());
-        stream.on_response_headers(&mut host, false);
+        let (mut stream, mut host) = answered(
+            &a,
+            r#"{"model":"auto","input":"python?"}"#,
+            "application/json",
+            Some("code"),
+            Some("10.0.0.7:8000"),
+        );
         host.response_chunk = br#"{"id":"resp_9"}"#.to_vec();
         assert_eq!(
             stream.on_response_body(&mut host, true),
@@ -1128,16 +1131,44 @@ categories:
         assert_eq!(stream.on_request_body(&mut host, true), BodyFlow::Continue);
     }
 
-    /// A stream answered by `a` sharing through `remote`, with response headers of `content_type`.
-    fn shared_response(remote: &Arc<FakeRemote>, content_type: &str) -> (Stream, FakeHost) {
-        let mut router = router();
-        router.set_remote(Arc::clone(remote) as Arc<dyn Remote>);
-        let (mut stream, mut host) = post(&router, r#"{"model":"general-model","input":"hi"}"#);
+    /// `body` posted through `router` and answered 200 with `content_type`, served by `cluster`
+    /// (as Envoy names it) and `upstream`: the stream after its response headers.
+    fn answered(
+        router: &Arc<Router>,
+        body: &str,
+        content_type: &str,
+        cluster: Option<&str>,
+        upstream: Option<&str>,
+    ) -> (Stream, FakeHost) {
+        let (mut stream, mut host) = post(router, body);
         host.response.insert(":status".into(), "200".into());
         host.response
             .insert("content-type".into(), content_type.into());
-        host.cluster = Some("general".into());
+        host.cluster = cluster.map(str::to_owned);
+        host.upstream = upstream.map(str::to_owned);
         stream.on_response_headers(&mut host, false);
+        (stream, host)
+    }
+
+    /// A stream answered by a router sharing through `remote`, with response headers of
+    /// `content_type`.
+    fn shared_response(remote: &Arc<FakeRemote>, content_type: &str) -> (Stream, FakeHost) {
+        let mut router = router();
+        router.set_remote(Arc::clone(remote) as Arc<dyn Remote>);
+        let body = r#"{"model":"general-model","input":"hi"}"#;
+        answered(&router, body, content_type, Some("general"), None)
+    }
+
+    /// A stream whose first event names `id`: it passed at once, and the shared write started.
+    fn stream_started(remote: &Arc<FakeRemote>, id: &str) -> (Stream, FakeHost) {
+        let (mut stream, mut host) = shared_response(remote, "text/event-stream");
+        host.response_chunk =
+            format!("event: response.created\ndata: {{\"response\":{{\"id\":\"{id}\"}}}}\n\n")
+                .into_bytes();
+        assert_eq!(
+            stream.on_response_body(&mut host, false),
+            BodyFlow::Continue
+        );
         (stream, host)
     }
 
@@ -1160,13 +1191,7 @@ categories:
     #[test]
     fn a_stream_passes_at_once_and_only_its_end_waits_for_a_write_in_flight() {
         let remote = Arc::new(FakeRemote::default());
-        let (mut stream, mut host) = shared_response(&remote, "text/event-stream");
-        host.response_chunk =
-            b"event: response.created\ndata: {\"response\":{\"id\":\"resp_s\"}}\n\n".to_vec();
-        assert_eq!(
-            stream.on_response_body(&mut host, false),
-            BodyFlow::Continue
-        );
+        let (mut stream, mut host) = stream_started(&remote, "resp_s");
         host.response_chunk = b"event: response.output_text.delta\ndata: {}\n\n".to_vec();
         assert_eq!(
             stream.on_response_body(&mut host, false),
@@ -1179,13 +1204,7 @@ categories:
         assert!(host.continued_response);
 
         // Written before the end: nothing waits, and the late wake-up changes nothing.
-        let (mut stream, mut host) = shared_response(&remote, "text/event-stream");
-        host.response_chunk =
-            b"event: response.created\ndata: {\"response\":{\"id\":\"resp_t\"}}\n\n".to_vec();
-        assert_eq!(
-            stream.on_response_body(&mut host, false),
-            BodyFlow::Continue
-        );
+        let (mut stream, mut host) = stream_started(&remote, "resp_t");
         remote.finish_records();
         host.response_chunk = b"event: response.completed\ndata: {}\n\n".to_vec();
         assert_eq!(stream.on_response_body(&mut host, true), BodyFlow::Continue);
@@ -1196,13 +1215,7 @@ categories:
     #[test]
     fn a_stream_ended_by_trailers_waits_there_for_a_write_in_flight() {
         let remote = Arc::new(FakeRemote::default());
-        let (mut stream, mut host) = shared_response(&remote, "text/event-stream");
-        host.response_chunk =
-            b"event: response.created\ndata: {\"response\":{\"id\":\"resp_h2\"}}\n\n".to_vec();
-        assert_eq!(
-            stream.on_response_body(&mut host, false),
-            BodyFlow::Continue
-        );
+        let (mut stream, mut host) = stream_started(&remote, "resp_h2");
         // No chunk says end of stream: the trailers do.
         assert_eq!(stream.on_response_trailers(), HeadersFlow::Stop);
         assert!(!host.continued_response);
@@ -1211,10 +1224,7 @@ categories:
         assert!(host.continued_response);
 
         // Written before the trailers came: nothing waits.
-        let (mut stream, mut host) = shared_response(&remote, "text/event-stream");
-        host.response_chunk =
-            b"event: response.created\ndata: {\"response\":{\"id\":\"resp_h3\"}}\n\n".to_vec();
-        stream.on_response_body(&mut host, false);
+        let (mut stream, _) = stream_started(&remote, "resp_h3");
         remote.finish_records();
         assert_eq!(stream.on_response_trailers(), HeadersFlow::Continue);
     }
