@@ -1176,10 +1176,11 @@ categories:
     fn a_json_answer_is_held_whole_until_the_write_is_done() {
         let remote = Arc::new(FakeRemote::default());
         let (mut stream, mut host) = shared_response(&remote, "application/json");
-        // A JSON answer is read whole, and held whole: its id is known at its end, and none of
-        // it may reach the client before the write.
+        // Its id is read from the first chunk and its write starts there; every chunk is held,
+        // so none of the answer reaches the client before the write is done.
         host.response_chunk = br#"{"id":"resp_j","object":"response","#.to_vec();
         assert_eq!(stream.on_response_body(&mut host, false), BodyFlow::Buffer);
+        assert_eq!(remote.records.lock().unwrap()[0].0, "resp_j");
         host.response_chunk = br#""output":[]}"#.to_vec();
         assert_eq!(stream.on_response_body(&mut host, true), BodyFlow::Buffer);
         assert!(!host.continued_response);
